@@ -1,0 +1,10 @@
+"""Shared test settings: hypothesis runs derandomized (the same examples every run) with no deadline
+(the first call of a Numba kernel compiles it)."""
+
+import os
+
+from hypothesis import settings
+
+settings.register_profile("tinyfn", max_examples=30, deadline=None, derandomize=True, print_blob=True)
+settings.register_profile("thorough", max_examples=300, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "tinyfn"))

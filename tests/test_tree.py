@@ -1,0 +1,77 @@
+"""Pytree utilities: flatten/unflatten, fixed key order, mismatch errors naming the path."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+
+from tinyfn import tree
+from tinyfn.testing import param_trees
+
+
+def test_dict_keys_are_visited_in_sorted_order_whatever_the_insertion_order():
+    a = {"b": 1, "a": 2, "c": {"z": 3, "y": 4}}
+    b = {"c": {"y": 4, "z": 3}, "a": 2, "b": 1}
+    assert tree.leaves(a) == [2, 1, 4, 3] == tree.leaves(b)
+    assert tree.structure(a) == tree.structure(b)
+
+
+def test_containers_and_none_round_trip_through_flatten():
+    t = {"params": [np.ones(2), (np.zeros(1), None)], "step": 3, "empty": {}}
+    leaves, treedef = tree.flatten(t)
+    assert len(leaves) == 3 and treedef.num_leaves == 3
+    back = tree.unflatten(treedef, leaves)
+    assert type(back["params"]) is list and type(back["params"][1]) is tuple and back["params"][1][1] is None
+    assert back["empty"] == {} and back["step"] == 3
+
+
+@given(param_trees())
+def test_flatten_then_unflatten_is_the_identity(t):
+    leaves, treedef = tree.flatten(t)
+    back = tree.unflatten(treedef, leaves)
+    assert tree.structure(back) == treedef
+    for x, y in zip(tree.leaves(back), leaves):
+        assert x is y
+
+
+def test_map_over_several_trees_and_arithmetic_helpers():
+    a = {"w": np.array([1.0, 2.0]), "b": [np.array(3.0)]}
+    b = {"w": np.array([10.0, 20.0]), "b": [np.array(30.0)]}
+    np.testing.assert_array_equal(tree.add(a, b)["w"], [11.0, 22.0])
+    np.testing.assert_array_equal(tree.sub(b, a)["b"][0], 27.0)
+    np.testing.assert_array_equal(tree.scale(a, 2.0)["w"], [2.0, 4.0])
+    assert tree.zeros_like(a)["w"].tolist() == [0.0, 0.0]
+    assert tree.size(a) == 3
+    assert [p for p, _ in tree.leaves_with_path(a)] == ["b/0", "w"]
+
+
+def test_scale_keeps_float32():
+    assert tree.scale({"w": np.ones(2, np.float32)}, 0.1)["w"].dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "a, b, message",
+    [
+        ({"w": 1, "b": 2}, {"w": 1}, r"'<root>': expected a dict with keys \['b', 'w'\], found a dict with keys \['w'\]"),
+        ({"l": [1, 2]}, {"l": [1, 2, 3]}, r"'l': expected a list of length 2, found a list of length 3"),
+        ({"l": [1, 2]}, {"l": (1, 2)}, r"'l': expected a list of length 2, found a tuple"),
+        ({"d": {"w": 1}}, {"d": 5}, r"'d': expected a dict with keys \['w'\], found a leaf of type int"),
+    ],
+)
+def test_mismatched_trees_name_the_path(a, b, message):
+    with pytest.raises(tree.TreeMismatchError, match=message):
+        tree.map(lambda x, y: x, a, b)
+
+
+def test_freeze_makes_leaves_read_only_without_copying():
+    w = np.ones(3)
+    frozen = tree.freeze({"w": w})
+    assert not frozen["w"].flags.writeable and w.flags.writeable
+    assert np.shares_memory(frozen["w"], w)
+    with pytest.raises(ValueError):
+        frozen["w"][0] = 2.0
+
+
+def test_unflatten_with_the_wrong_number_of_leaves_is_an_error():
+    _, treedef = tree.flatten({"a": 1, "b": 2})
+    with pytest.raises(tree.TreeMismatchError, match="2 leaves, found 3"):
+        tree.unflatten(treedef, [1, 2, 3])

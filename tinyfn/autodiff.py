@@ -1,0 +1,354 @@
+"""Reverse-mode automatic differentiation over a recorded graph.
+
+The model in four sentences:
+
+1. A :class:`Primitive` is a forward function plus a hand-written VJP rule.
+   ``forward(*args, **params) -> (out, residuals)`` computes the output and keeps what the
+   backward pass will need; ``vjp(g, residuals, needs) -> cotangents`` maps the cotangent ``g``
+   of the output to one cotangent per positional input (``None`` where ``needs[i]`` is False,
+   so no work is spent on inputs that do not need a gradient, such as the data batch).
+2. While a function is differentiated, its inputs are wrapped in :class:`Node` objects. A
+   primitive called with at least one Node records a new Node: its value, its op, and its
+   arguments (the parents). Called with plain arrays, it just runs (no graph, no overhead).
+3. The backward pass sorts the nodes reachable from the output in topological order
+   (iteratively, so a chain of 100,000 ops is fine) and visits them in reverse, applying each
+   node's VJP rule and summing cotangents of nodes used more than once.
+4. :func:`vjp`, :func:`grad` and :func:`value_and_grad` wrap that for functions of pytrees.
+
+Defining your own primitive::
+
+    import numpy as np
+    from tinyfn.autodiff import Primitive
+
+    def _cube_forward(x):
+        return x ** 3, x                      # output, residuals for the backward pass
+
+    def _cube_vjp(g, x, needs):
+        return (g * 3 * x ** 2,)              # one cotangent per positional input
+
+    cube = Primitive("cube", _cube_forward, _cube_vjp)
+    tinyfn.grad(lambda x: cube(x).sum())(np.array([1.0, 2.0]))   # -> [3., 12.]
+
+Nested differentiation (grad of grad) is not supported: VJP rules are written in numpy.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+from . import tree
+
+__all__ = ["Primitive", "PRIMITIVES", "Node", "vjp", "grad", "value_and_grad", "toposort", "is_traced"]
+
+PRIMITIVES: dict[str, "Primitive"] = {}
+"""Every primitive ever constructed, by name (the tests check each one has a gradient test)."""
+
+_trace_depth = 0
+
+
+class Primitive:
+    """An operation with a forward function and an explicit VJP rule.
+
+    Args:
+      name: unique name, shown in graph drawings and error messages.
+      forward: ``forward(*args, **params) -> (out, residuals)``. Positional args are arrays
+        (or scalars); keyword params are static (axes, shapes, flags) and never differentiated.
+      vjp: ``vjp(g, residuals, needs) -> tuple`` with one entry per positional argument:
+        the cotangent for that argument (same shape as it) or ``None`` when ``needs[i]`` is
+        False or the argument is not differentiable (labels, indices, masks).
+      impl: optional ``impl(*args, **params) -> out`` used outside a trace, when the forward's
+        residuals would be wasted work. Defaults to ``forward(...)[0]``.
+    """
+
+    __slots__ = ("name", "forward", "vjp", "impl")
+
+    def __init__(self, name: str, forward, vjp, impl=None):
+        if name in PRIMITIVES:
+            raise ValueError(f"a primitive named {name!r} already exists; choose another name")
+        self.name = name
+        self.forward = forward
+        self.vjp = vjp
+        self.impl = impl if impl is not None else (lambda *args, **params: forward(*args, **params)[0])
+        PRIMITIVES[name] = self
+
+    def __call__(self, *args, **params):
+        for a in args:
+            if type(a) is Node:
+                return self._record(args, params)
+        return self.impl(*args, **params)
+
+    def _record(self, args, params):
+        values = [a.value if type(a) is Node else a for a in args]
+        out, residuals = self.forward(*values, **params)
+        return Node(out, self, args, residuals)
+
+    def __repr__(self):
+        return f"Primitive({self.name!r})"
+
+
+class Node:
+    """A value recorded while a function is differentiated.
+
+    ``value`` is the numpy array; ``primitive`` the op that made it (``None`` for an input);
+    ``args`` the op's positional arguments (Nodes are the parents, anything else a constant);
+    ``residuals`` what the op's forward saved for its VJP; ``name`` the input's path for
+    inputs (``"W"``, ``"params/dense_0/w"``), used in graph drawings.
+
+    Nodes support the usual operators (``+ - * / ** @``, unary minus, indexing) through
+    :mod:`tinyfn.ops`; comparisons return plain boolean arrays (not differentiable).
+    Calling a numpy function on a Node is an error: use the function from ``tinyfn.ops``.
+    """
+
+    __slots__ = ("value", "primitive", "args", "residuals", "name")
+    __hash__ = object.__hash__
+
+    def __init__(self, value, primitive=None, args=(), residuals=None, name=None):
+        self.value = value
+        self.primitive = primitive
+        self.args = args
+        self.residuals = residuals
+        self.name = name
+
+    @property
+    def shape(self):
+        return np.shape(self.value)
+
+    @property
+    def dtype(self):
+        return np.result_type(self.value)
+
+    @property
+    def ndim(self):
+        return np.ndim(self.value)
+
+    @property
+    def size(self):
+        return np.size(self.value)
+
+    def __len__(self):
+        return len(self.value)
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError(
+            "a numpy function was called on a traced tinyfn value (a Node); use the "
+            "differentiable version from tinyfn.ops instead (for example tinyfn.ops.exp), "
+            "or read node.value if you do not need its gradient"
+        )
+
+    def __repr__(self):
+        op = self.primitive.name if self.primitive is not None else f"input {self.name!r}"
+        return f"Node({op}, shape={self.shape}, dtype={self.dtype})"
+
+
+def is_traced(x) -> bool:
+    """True if ``x`` is a Node recorded by an active differentiation."""
+    return type(x) is Node
+
+
+def toposort(outputs) -> list[Node]:
+    """Nodes reachable from ``outputs`` (a list of Nodes), parents before children.
+
+    An iterative depth-first search: each node is emitted after all of its parents, and
+    the Python stack does not grow with the depth of the graph.
+    """
+    order: list[Node] = []
+    visited: set[int] = set()
+    stack = [(node, False) for node in reversed(outputs)]
+    while stack:
+        node, parents_done = stack.pop()
+        if parents_done:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        for parent in node.args:
+            if type(parent) is Node and id(parent) not in visited:
+                stack.append((parent, False))
+    return order
+
+
+def _backward(outputs: list[Node], cotangents: list) -> dict[int, object]:
+    """Run the VJP rules in reverse topological order; returns ``{id(input node): cotangent}``."""
+    acc: dict[int, object] = {}
+    for node, g in zip(outputs, cotangents):
+        acc[id(node)] = acc[id(node)] + g if id(node) in acc else g
+    input_grads: dict[int, object] = {}
+    for node in reversed(toposort(outputs)):
+        g = acc.pop(id(node), None)
+        if g is None:
+            continue
+        if node.primitive is None:
+            input_grads[id(node)] = g
+            continue
+        args = node.args
+        needs = tuple(type(a) is Node for a in args)
+        cts = node.primitive.vjp(g, node.residuals, needs)
+        for a, ct in zip(args, cts):
+            if ct is None or type(a) is not Node:
+                continue
+            key = id(a)
+            acc[key] = acc[key] + ct if key in acc else ct
+    return input_grads
+
+
+def _as_input(path: str, leaf) -> Node:
+    value = np.asarray(leaf)
+    if value.dtype.kind not in "fc":
+        raise TypeError(
+            f"cannot differentiate with respect to '{path}': expected a floating-point array, "
+            f"found dtype {value.dtype}"
+        )
+    return Node(value, name=path)
+
+
+def _wrap(primals: tuple, names: list[str]) -> tuple[tuple, list[Node]]:
+    """Replace every leaf of the primals by an input Node; returns (wrapped primals, inputs)."""
+    inputs: list[Node] = []
+
+    def wrap_leaf(path, leaf, prefix):
+        node = _as_input(prefix if path == "<root>" else f"{prefix}/{path}", leaf)
+        inputs.append(node)
+        return node
+
+    wrapped = tuple(
+        tree.map_with_path(lambda p, x, n=name: wrap_leaf(p, x, n), primal)
+        for primal, name in zip(primals, names)
+    )
+    return wrapped, inputs
+
+
+def _positional_names(f) -> list[str]:
+    """Names of f's positional parameters (used to name input nodes in graph drawings)."""
+    try:
+        return [
+            p.name
+            for p in inspect.signature(f).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        return []
+
+
+def _arg_name(names: list[str], i: int) -> str:
+    return names[i] if i < len(names) else f"arg{i}"
+
+
+def _trace(f, primals: tuple, names: list[str], args=(), kwargs=None):
+    """Call ``f(*wrapped primals, *args, **kwargs)`` with every primal leaf wrapped in a Node."""
+    global _trace_depth
+    if _trace_depth:
+        raise NotImplementedError("nested differentiation (grad of grad) is not supported by tinyfn")
+    wrapped, inputs = _wrap(primals, names)
+    _trace_depth += 1
+    try:
+        out = f(*wrapped, *args, **(kwargs or {}))
+    finally:
+        _trace_depth -= 1
+    return out, inputs
+
+
+def _value(x):
+    return x.value if type(x) is Node else x
+
+
+def vjp(f, *primals):
+    """Evaluate ``f(*primals)`` and return ``(out, vjp_fn)``.
+
+    ``primals`` are pytrees of float arrays; ``out`` is ``f``'s output (a pytree of arrays).
+    ``vjp_fn(cotangent)`` takes a cotangent with the structure and shapes of ``out`` and
+    returns a tuple with one gradient pytree per primal, shaped like that primal.
+    """
+    names = _positional_names(f)
+    out, inputs = _trace(f, primals, [_arg_name(names, i) for i in range(len(primals))])
+    out_leaves, out_def = tree.flatten(out)
+    out_values = [_value(x) for x in out_leaves]
+
+    def vjp_fn(cotangent):
+        ct_leaves, ct_def = tree.flatten(cotangent)
+        if ct_def != out_def:
+            raise tree.TreeMismatchError(f"vjp: cotangent structure {ct_def!r} does not match output {out_def!r}")
+        roots, seeds = [], []
+        for o, ct in zip(out_leaves, ct_leaves):
+            if np.shape(ct) != np.shape(_value(o)):
+                raise ValueError(f"vjp: cotangent shape {np.shape(ct)} does not match output shape {np.shape(_value(o))}")
+            if type(o) is Node:
+                roots.append(o)
+                seeds.append(np.asarray(ct, dtype=o.dtype))
+        return _input_grads(primals, inputs, roots, seeds)
+
+    return tree.unflatten(out_def, out_values), vjp_fn
+
+
+def _input_grads(primals, inputs, roots, seeds) -> tuple:
+    by_id = _backward(roots, seeds) if roots else {}
+    grads = iter(
+        by_id[id(n)] if id(n) in by_id else np.zeros_like(n.value) for n in inputs
+    )
+    return tuple(tree.map(lambda _: next(grads), p) for p in primals)
+
+
+def value_and_grad(f, argnums=0, has_aux=False):
+    """Return a function computing ``(f(*args), gradient of f w.r.t. args[argnums])``.
+
+    ``f`` must return a scalar (shape ``()``), or ``(scalar, aux)`` when ``has_aux`` is True,
+    in which case the result is ``((value, aux), grad)``. ``argnums`` is an int or a tuple of
+    ints; each selected argument may be a pytree and its gradient has the same structure
+    (a tuple of gradients when ``argnums`` is a tuple). Other arguments are passed unchanged.
+    """
+    multiple = isinstance(argnums, (tuple, list))
+    nums = tuple(argnums) if multiple else (argnums,)
+    arg_names = _positional_names(f)
+
+    def value_and_grad_f(*args, **kwargs):
+        for n in nums:
+            if not -len(args) <= n < len(args):
+                raise ValueError(f"argnums={argnums} but the function was called with {len(args)} positional arguments")
+        nums_pos = [n % len(args) for n in nums]
+        primals = tuple(args[n] for n in nums_pos)
+
+        def f_of_primals(*wrapped):
+            full = list(args)
+            for n, w in zip(nums_pos, wrapped):
+                full[n] = w
+            return f(*full, **kwargs)
+
+        out, inputs = _trace(f_of_primals, primals, [_arg_name(arg_names, n) for n in nums_pos])
+        if has_aux:
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise TypeError("has_aux=True requires f to return a pair (scalar, aux)")
+            out, aux = out
+        value = _value(out)
+        if np.shape(value) != ():
+            raise TypeError(
+                f"grad requires f to return a scalar (shape ()), found shape {np.shape(value)}; "
+                "reduce it (for example with .sum() or .mean()) or use tinyfn.vjp"
+            )
+        roots = [out] if type(out) is Node else []
+        seeds = [np.ones_like(value)]
+        grads = _input_grads(primals, inputs, roots, seeds)
+        grads = grads if multiple else grads[0]
+        if has_aux:
+            aux = tree.map(_value, aux)
+            return (value, aux), grads
+        return value, grads
+
+    return value_and_grad_f
+
+
+def grad(f, argnums=0, has_aux=False):
+    """Return a function computing the gradient of scalar-valued ``f`` w.r.t. ``args[argnums]``.
+
+    Same arguments as :func:`value_and_grad`; returns only the gradient (and ``aux`` as
+    ``(grad, aux)`` when ``has_aux`` is True, as in JAX).
+    """
+    vg = value_and_grad(f, argnums, has_aux)
+
+    def grad_f(*args, **kwargs):
+        out, g = vg(*args, **kwargs)
+        return (g, out[1]) if has_aux else g
+
+    return grad_f

@@ -1,0 +1,128 @@
+"""The named training tasks of the ``tinyfn train`` command: data, model, loss and defaults.
+
+Each task is rebuilt the same way from its name and seed, which is how ``tinyfn eval`` can
+score a checkpoint on the same test split the run held out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from . import datasets, layers, losses, ops, random
+
+__all__ = ["Task", "Data", "TASKS", "get_task"]
+
+
+@dataclass(frozen=True)
+class Data:
+    """Train and test arrays of a task (features already standardised)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+@dataclass(frozen=True)
+class Task:
+    """A named task: ``load(seed, data_dir) -> Data``, ``model() -> Layer``, the loss and defaults."""
+
+    name: str
+    description: str
+    load: Callable
+    model: Callable
+    loss: Callable
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str = "sgd"
+
+
+def _split_and_standardize(seed: int, x, y, test_fraction=0.2) -> Data:
+    x_train, y_train, x_test, y_test = datasets.train_test_split(random.key(seed), x, y, test_fraction)
+    x_train, x_test = datasets.standardize(x_train, x_test)
+    return Data(x_train, y_train, x_test, y_test)
+
+
+def _iris_binary(seed, data_dir=None) -> Data:
+    x, y, _ = datasets.iris()
+    keep = y < 2  # setosa vs versicolor, as in the original tiny-framework post
+    return _split_and_standardize(seed, x[keep], y[keep])
+
+
+def _iris(seed, data_dir=None) -> Data:
+    x, y, _ = datasets.iris()
+    return _split_and_standardize(seed, x, y)
+
+
+def _digits(seed, data_dir=None) -> Data:
+    x, y = datasets.digits()
+    return _split_and_standardize(seed, x, y)
+
+
+def _mnist(seed, data_dir=None) -> Data:
+    if data_dir is None:
+        raise ValueError("the mnist task needs the folder of the MNIST IDX files: tinyfn train mnist --data DIR")
+    x_train, y_train, x_test, y_test = datasets.mnist(data_dir)
+    return Data(x_train.reshape(len(x_train), -1), y_train, x_test.reshape(len(x_test), -1), y_test)
+
+
+def _binary_loss(logits, y):
+    return losses.binary_cross_entropy_with_logits(ops.reshape(logits, (-1,)), y)
+
+
+TASKS = {
+    task.name: task
+    for task in [
+        Task(
+            "iris-binary",
+            "Iris setosa vs versicolor, a 4-3-1 sigmoid network with binary cross-entropy",
+            _iris_binary,
+            lambda: layers.serial(layers.Dense(3), layers.Sigmoid(), layers.Dense(1)),
+            _binary_loss,
+            epochs=30,
+            batch_size=8,
+            lr=0.5,
+        ),
+        Task(
+            "iris",
+            "Iris, 3 classes, a 4-16-3 ReLU network with softmax cross-entropy",
+            _iris,
+            lambda: layers.serial(layers.Dense(16), layers.Relu(), layers.Dense(3)),
+            losses.softmax_cross_entropy,
+            epochs=60,
+            batch_size=16,
+            lr=0.1,
+        ),
+        Task(
+            "digits",
+            "8x8 handwritten digits, a 64-128-64-10 ReLU network with softmax cross-entropy",
+            _digits,
+            lambda: layers.serial(layers.Dense(128), layers.Relu(), layers.Dense(64), layers.Relu(), layers.Dense(10)),
+            losses.softmax_cross_entropy,
+            epochs=30,
+            batch_size=32,
+            lr=0.05,
+        ),
+        Task(
+            "mnist",
+            "MNIST or Fashion-MNIST from IDX files (--data DIR), a 784-256-10 ReLU network",
+            _mnist,
+            lambda: layers.serial(layers.Dense(256), layers.Relu(), layers.Dense(10)),
+            losses.softmax_cross_entropy,
+            epochs=10,
+            batch_size=64,
+            lr=0.05,
+        ),
+    ]
+}
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name``; ValueError listing the known names otherwise."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
+    return TASKS[name]

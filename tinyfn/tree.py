@@ -1,0 +1,274 @@
+"""Pytrees: nested dicts, lists and tuples whose leaves are arrays or scalars.
+
+Parameters, gradients and optimizer states in tinyfn are pytrees. A pytree is
+
+* a ``dict`` (its values are subtrees),
+* a ``list`` or ``tuple`` (its items are subtrees),
+* ``None`` (an empty subtree: it has no leaves), or
+* anything else, which is a *leaf* (a numpy array, a Python or numpy scalar, ...).
+
+Dict keys are always visited in **sorted order** (``sorted(d)``), whatever order the
+dict was built in, so two dicts with the same keys flatten the same way. Dicts made
+by :func:`unflatten` have their keys in that sorted order.
+
+Paths name a position in a tree: dict keys and list/tuple indices joined by ``/``,
+for example ``"dense_0/w"`` or ``"layers/2/b"``. Errors about mismatched trees name
+the path where the trees first differ.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+import numpy as np
+
+__all__ = [
+    "TreeDef",
+    "TreeMismatchError",
+    "flatten",
+    "unflatten",
+    "leaves",
+    "leaves_with_path",
+    "structure",
+    "map",
+    "map_with_path",
+    "zeros_like",
+    "add",
+    "sub",
+    "scale",
+    "size",
+    "freeze",
+    "format_path",
+]
+
+
+class TreeMismatchError(ValueError):
+    """Two trees that should have the same structure do not; the message names the path."""
+
+
+class TreeDef:
+    """The structure of a pytree without its leaves.
+
+    ``kind`` is one of ``"leaf"``, ``"none"``, ``"dict"``, ``"list"``, ``"tuple"``;
+    ``keys`` holds the sorted dict keys (empty for the other kinds) and ``children``
+    the TreeDefs of the subtrees. TreeDefs compare equal when the structures match.
+    """
+
+    __slots__ = ("kind", "keys", "children", "num_leaves", "_hash")
+
+    def __init__(self, kind: str, keys: tuple = (), children: tuple = ()):
+        self.kind = kind
+        self.keys = keys
+        self.children = children
+        self.num_leaves = 1 if kind == "leaf" else builtins.sum(c.num_leaves for c in children)
+        self._hash = hash((kind, keys, children))
+
+    def __eq__(self, other):
+        return (
+            isinstance(other, TreeDef)
+            and self._hash == other._hash
+            and self.kind == other.kind
+            and self.keys == other.keys
+            and self.children == other.children
+        )
+
+    def __hash__(self):
+        return self._hash
+
+    def __repr__(self):
+        if self.kind == "leaf":
+            return "*"
+        if self.kind == "none":
+            return "None"
+        if self.kind == "dict":
+            inner = ", ".join(f"{k!r}: {c!r}" for k, c in zip(self.keys, self.children))
+            return "{" + inner + "}"
+        inner = ", ".join(repr(c) for c in self.children)
+        return f"[{inner}]" if self.kind == "list" else f"({inner}{',' if len(self.children) == 1 else ''})"
+
+
+_LEAF = TreeDef("leaf")
+_NONE = TreeDef("none")
+
+
+def _sorted_keys(d: dict) -> list:
+    try:
+        return sorted(d)
+    except TypeError:  # mixed key types (say str and int): order by type name, then key
+        return sorted(d, key=lambda k: (type(k).__name__, k))
+
+
+def _children(node):
+    """(kind, keys, child list) of a container node, or None for a leaf."""
+    if isinstance(node, dict):
+        keys = _sorted_keys(node)
+        return "dict", tuple(keys), [node[k] for k in keys]
+    if isinstance(node, list):
+        return "list", (), node
+    if isinstance(node, tuple):
+        return "tuple", (), list(node)
+    if node is None:
+        return "none", (), []
+    return None
+
+
+def format_path(path: tuple) -> str:
+    """Join path entries with ``/``; the root is ``"<root>"``."""
+    return "/".join(str(p) for p in path) if path else "<root>"
+
+
+def flatten(tree) -> tuple[list, TreeDef]:
+    """Return ``(leaves, treedef)``: the leaves in visiting order and the tree's structure.
+
+    Works without recursion depth limits for ordinary parameter trees (it recurses once
+    per nesting level).
+    """
+    out: list = []
+
+    def visit(node) -> TreeDef:
+        parts = _children(node)
+        if parts is None:
+            out.append(node)
+            return _LEAF
+        kind, keys, kids = parts
+        if kind == "none":
+            return _NONE
+        return TreeDef(kind, keys, tuple(visit(k) for k in kids))
+
+    treedef = visit(tree)
+    return out, treedef
+
+
+def unflatten(treedef: TreeDef, leaves_) -> object:
+    """Build a tree with structure ``treedef`` from a sequence of leaves (inverse of flatten)."""
+    leaves_ = list(leaves_)
+    if len(leaves_) != treedef.num_leaves:
+        raise TreeMismatchError(
+            f"unflatten: structure {treedef!r} has {treedef.num_leaves} leaves, found {len(leaves_)}"
+        )
+    it = iter(leaves_)
+
+    def build(td: TreeDef):
+        if td.kind == "leaf":
+            return next(it)
+        if td.kind == "none":
+            return None
+        kids = [build(c) for c in td.children]
+        if td.kind == "dict":
+            return dict(zip(td.keys, kids))
+        return kids if td.kind == "list" else tuple(kids)
+
+    return build(treedef)
+
+
+def leaves(tree) -> list:
+    """The leaves of ``tree`` in visiting order (dict keys sorted)."""
+    return flatten(tree)[0]
+
+
+def structure(tree) -> TreeDef:
+    """The TreeDef of ``tree``."""
+    return flatten(tree)[1]
+
+
+def _describe(node) -> str:
+    parts = _children(node)
+    if parts is None:
+        return f"a leaf of type {type(node).__name__}"
+    kind, keys, kids = parts
+    if kind == "dict":
+        return f"a dict with keys {list(keys)}"
+    if kind == "none":
+        return "None"
+    return f"a {kind} of length {len(kids)}"
+
+
+def _map(f, trees: tuple, with_path: bool):
+    first = trees[0]
+
+    def visit(path: tuple, nodes: tuple):
+        parts = _children(nodes[0])
+        if parts is None:
+            return f(format_path(path), *nodes) if with_path else f(*nodes)
+        kind, keys, kids = parts
+        others = []
+        for other in nodes[1:]:
+            oparts = _children(other)
+            if oparts is None or oparts[0] != kind or oparts[1] != keys or len(oparts[2]) != len(kids):
+                raise TreeMismatchError(
+                    f"trees differ at '{format_path(path)}': expected {_describe(nodes[0])}, "
+                    f"found {_describe(other)}"
+                )
+            others.append(oparts[2])
+        if kind == "none":
+            return None
+        labels = keys if kind == "dict" else range(len(kids))
+        mapped = [
+            visit(path + (label,), (kid,) + tuple(o[i] for o in others))
+            for i, (label, kid) in enumerate(zip(labels, kids))
+        ]
+        if kind == "dict":
+            # keep the first tree's own key order so printed trees look like their source
+            by_key = dict(zip(keys, mapped))
+            return {k: by_key[k] for k in nodes[0]}
+        return mapped if kind == "list" else tuple(mapped)
+
+    return visit((), (first,) + tuple(trees[1:]))
+
+
+def map(f, tree, *rest):
+    """Apply ``f`` leaf-wise: ``f(leaf, *matching_leaves_of_rest)``; returns a new tree.
+
+    All trees must have the same structure; otherwise :class:`TreeMismatchError` names the
+    first path where they differ.
+    """
+    return _map(f, (tree,) + rest, with_path=False)
+
+
+def map_with_path(f, tree, *rest):
+    """Like :func:`map` but calls ``f(path, leaf, *rest_leaves)`` with the leaf's path string."""
+    return _map(f, (tree,) + rest, with_path=True)
+
+
+def leaves_with_path(tree) -> list[tuple[str, object]]:
+    """``[(path, leaf), ...]`` in visiting order, for example ``[("dense_0/b", b), ...]``."""
+    found: list = []
+    map_with_path(lambda p, x: found.append((p, x)), tree)
+    return found
+
+
+def zeros_like(tree):
+    """A tree of the same structure whose leaves are zero arrays of the same shape and dtype."""
+    return map(np.zeros_like, tree)
+
+
+def add(a, b):
+    """Leaf-wise ``a + b`` as a new tree."""
+    return map(np.add, a, b)
+
+
+def sub(a, b):
+    """Leaf-wise ``a - b`` as a new tree."""
+    return map(np.subtract, a, b)
+
+
+def scale(tree, s):
+    """Leaf-wise ``s * leaf`` as a new tree (``s`` a scalar; array dtypes are kept)."""
+    return map(lambda x: (np.asarray(x) * s).astype(np.result_type(x), copy=False), tree)
+
+
+def size(tree) -> int:
+    """Total number of scalar elements over all leaves (the parameter count of a model)."""
+    return int(builtins.sum(np.size(x) for x in leaves(tree)))
+
+
+def freeze(tree):
+    """Return the tree with every array leaf marked read-only (a view; no data is copied)."""
+
+    def frozen(x):
+        if isinstance(x, np.ndarray) and x.flags.writeable:
+            x = x.view()
+            x.flags.writeable = False
+        return x
+
+    return map(frozen, tree)

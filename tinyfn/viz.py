@@ -1,0 +1,59 @@
+"""Training curves as PNG (matplotlib, the optional extra ``plot``).
+
+Graph drawings of models live in :mod:`tinyfn.graph`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["plot_history"]
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError(
+            "plotting needs matplotlib, which is an optional extra: pip install 'tinyfn[plot]' (or pip install matplotlib)"
+        ) from e
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_history(history: dict, path, title: str | None = None) -> Path:
+    """Draw per-epoch curves from a training history and save them as a PNG at ``path``.
+
+    ``history`` maps names to per-epoch lists as :func:`tinyfn.train.train_epochs` returns
+    (``"epoch"``, ``"train_loss"``, ``"val_loss"``, ``"train_accuracy"``, ``"val_accuracy"``,
+    and optionally ``"learning_rate"``). One panel per quantity (loss, accuracy, learning
+    rate), train and validation in the same panel. Returns the path written.
+    """
+    plt = _pyplot()
+    epochs = history.get("epoch") or list(range(1, 1 + len(next(iter(history.values())))))
+    panels = [
+        (quantity, [name for name in (f"train_{quantity}", f"val_{quantity}") if history.get(name)])
+        for quantity in ("loss", "accuracy")
+    ]
+    if history.get("learning_rate"):
+        panels.append(("learning rate", ["learning_rate"]))
+    panels = [(q, names) for q, names in panels if names]
+    if not panels:
+        raise ValueError(f"plot_history: nothing to plot; expected keys like 'train_loss', found {sorted(history)}")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    for ax, (quantity, names) in zip(axes[0], panels):
+        for name in names:
+            ax.plot(epochs, history[name], marker="o", markersize=3, label=name.replace("_", " "))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(quantity)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
