@@ -19,6 +19,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from . import checkpoint, datasets, optim, random, train
 from .layers import summary
 from .tasks import TASKS, get_task
@@ -36,7 +38,7 @@ def make_optimizer(name: str, lr: float, schedule: str, weight_decay: float, tot
         "cosine": lambda: optim.schedules.cosine_decay(lr, total_steps),
         "warmup-cosine": lambda: optim.schedules.warmup_cosine_decay(lr, max(1, total_steps // 10), total_steps),
         "step": lambda: optim.schedules.piecewise_constant(
-            lr, {total_steps // 2: 0.1, (3 * total_steps) // 4: 0.1}
+            [total_steps // 2, (3 * total_steps) // 4], [lr, lr * 0.1, lr * 0.01]
         ),
     }
     if schedule not in schedules:
@@ -127,7 +129,7 @@ def cmd_train(args) -> int:
     test = train.evaluate(train.predictor(model, state), [(data.x_test, data.y_test)], task.loss)
     checkpoint.save(
         out / "checkpoint.msgpack",
-        {"state": state, "history": history},
+        {"state": state, "history": {name: np.asarray(values) for name, values in history.items()}},
         metadata={"config": config, "epoch": history["epoch"][-1], "test_accuracy": test["accuracy"]},
     )
     _write_outputs(out, history, f"tinyfn train {task.name} ({args.optimizer}, seed {args.seed})")

@@ -179,7 +179,7 @@ def train_epochs(
     Returns ``(state, history)``; ``history`` maps ``"epoch"``, ``"train_loss"``,
     ``"train_accuracy"``, ``"val_loss"``, ``"val_accuracy"``, ``"seconds"`` to per-epoch lists.
     """
-    history = {name: list(values) for name, values in (history or {}).items()}
+    history = {name: np.asarray(values).tolist() for name, values in (history or {}).items()}
     start = len(history.get("epoch", []))
     for epoch in range(start, epochs):
         started = time.perf_counter()
@@ -203,7 +203,11 @@ def train_epochs(
 
 def _format_row(row: dict, epochs: int) -> str:
     parts = [f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}"]
-    parts += [f"{name} {value:.4g}" for name, value in row.items() if name not in ("epoch", "seconds")]
+    parts += [
+        f"{name} {value:.3g}" if name == "learning_rate" else f"{name} {value:.4f}"
+        for name, value in row.items()
+        if name not in ("epoch", "seconds")
+    ]
     parts.append(f"{row['seconds']:.2f}s")
     return "  ".join(parts)
 
@@ -237,7 +241,7 @@ def save_checkpoints(run_dir, every: int = 1, monitor: str | None = "val_accurac
 
     def hook(state, history):
         info = {**(metadata or {}), "epoch": history["epoch"][-1]}
-        snapshot = {"state": state, "history": history}
+        snapshot = {"state": state, "history": {name: np.asarray(values) for name, values in history.items()}}
         if info["epoch"] % every == 0:
             checkpoint.save(run_dir / "checkpoint.msgpack", snapshot, metadata=info)
         if monitor is not None and monitor in history and _best_epoch(history[monitor], mode) == len(history[monitor]) - 1:

@@ -1,0 +1,117 @@
+"""Layers and combinators: shapes, parameter names, gradients (float64 finite differences),
+dropout semantics, shape errors, the summary table."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tinyfn import layers as L
+from tinyfn import random, tree
+from tinyfn.testing import arrays, check_grads
+
+from gradient_registry import covers
+
+
+def _init64(layer, input_shape, seed=0):
+    out_shape, params = layer.init(random.key(seed), input_shape)
+    return out_shape, tree.map(lambda p: p.astype(np.float64), params)
+
+
+@covers("dense")
+@given(data=st.data(), batch=st.integers(1, 4), n_in=st.integers(1, 5), n_out=st.integers(1, 4))
+def test_dense_gradient_for_inputs_and_params(data, batch, n_in, n_out):
+    layer = L.Dense(n_out)
+    _, params = _init64(layer, (-1, n_in))
+    params["b"] = data.draw(arrays((n_out,)))
+    x = data.draw(arrays((batch, n_in)))
+    check_grads(lambda p, x: layer.apply(p, x), (params, x))
+
+
+def test_dense_shapes_names_and_read_only_params():
+    out_shape, params = L.Dense(7).init(random.key(0), (-1, 3))
+    assert out_shape == (-1, 7)
+    assert params["w"].shape == (3, 7) and params["b"].shape == (7,)
+    assert params["w"].dtype == np.float32 and not params["w"].flags.writeable
+    limit = np.sqrt(6 / (3 + 7))  # Glorot uniform
+    assert np.abs(params["w"]).max() <= limit and np.all(params["b"] == 0)
+
+
+@pytest.mark.parametrize("activation", [L.Relu(), L.LeakyRelu(0.2), L.Sigmoid(), L.Tanh(), L.Softplus(), L.Softmax(), L.LogSoftmax()])
+@given(data=st.data())
+def test_activation_layers_have_correct_gradients(activation, data):
+    x = data.draw(arrays((3, 4)))
+    out_shape, params = activation.init(random.key(0), (-1, 4))
+    assert out_shape == (-1, 4) and params == {}
+    check_grads(lambda x: activation.apply(params, x), (x,))
+
+
+@given(data=st.data())
+def test_a_composed_model_with_branches_has_correct_gradients(data):
+    model = L.serial(
+        L.Dense(4),
+        L.Tanh(),
+        L.residual(L.serial(L.Dense(4), L.Sigmoid())),
+        L.fan_out(2),
+        L.parallel(L.Dense(3), L.serial(L.Dense(2), L.Relu())),
+        L.fan_in_concat(axis=-1),
+        L.Flatten(),
+    )
+    out_shape, params = _init64(model, (-1, 3))
+    assert out_shape == (-1, 5)
+    x = data.draw(arrays((2, 3)))
+    check_grads(lambda p, x: model.apply(p, x), (params, x))
+
+
+def test_serial_names_child_params_by_layer_and_position():
+    model = L.serial(L.Dense(4), L.Relu(), L.residual(L.Dense(4)), L.Dense(2))
+    _, params = model.init(random.key(0), (-1, 4))
+    assert [path for path, _ in tree.leaves_with_path(params)] == [
+        "dense_0/b", "dense_0/w", "dense_3/b", "dense_3/w", "residual_2/dense_0/b", "residual_2/dense_0/w",
+    ]
+
+
+def test_fan_in_sum_adds_branches():
+    model = L.serial(L.fan_out(3), L.fan_in_sum())
+    x = np.arange(4.0).reshape(2, 2)
+    _, params = model.init(random.key(0), (-1, 2))
+    np.testing.assert_array_equal(model.apply(params, x), 3 * x)
+
+
+def test_shape_errors_at_init_name_the_layer_and_shapes():
+    with pytest.raises(ValueError, match=r"residual: the branch \(dense\) must keep its input shape \(N, 4\), found output shape \(N, 3\)"):
+        L.residual(L.Dense(3)).init(random.key(0), (-1, 4))
+    with pytest.raises(ValueError, match=r"serial: layer 2 \(fan_in_sum\).*same shape.*\(N, 3\).*\(N, 2\)"):
+        L.serial(L.fan_out(2), L.parallel(L.Dense(3), L.Dense(2)), L.fan_in_sum()).init(random.key(0), (-1, 4))
+    with pytest.raises(ValueError, match=r"expected input with 4 features.*found shape \(2, 5\)"):
+        _, p = L.Dense(3).init(random.key(0), (-1, 4))
+        L.Dense(3).apply(p, np.ones((2, 5), np.float32))
+
+
+def test_dropout_drops_at_the_documented_rate_and_rescales():
+    layer = L.Dropout(0.25)
+    x = np.ones((200, 100), np.float32)
+    y = layer.apply({}, x, key=random.key(1), train=True)
+    dropped = np.mean(y == 0)
+    assert abs(dropped - 0.25) < 0.02
+    np.testing.assert_allclose(y[y != 0], 1 / 0.75)
+    np.testing.assert_array_equal(layer.apply({}, x, train=False), x)
+    np.testing.assert_array_equal(y, layer.apply({}, x, key=random.key(1), train=True))
+    with pytest.raises(ValueError, match="needs a PRNG key"):
+        layer.apply({}, x, train=True)
+
+
+def test_serial_gives_each_child_its_own_key():
+    model = L.serial(L.Dropout(0.5), L.Dropout(0.5))
+    x = np.ones((1, 1000), np.float32)
+    y = model.apply({}, x, key=random.key(0), train=True)
+    # two independent masks keep a quarter of the units (scaled by 4); equal keys would keep half
+    assert abs(np.mean(y > 0) - 0.25) < 0.05
+
+
+def test_summary_lists_layers_shapes_and_counts():
+    text = L.summary(L.serial(L.Dense(8), L.Relu(), L.Dense(3)), (-1, 4))
+    lines = text.splitlines()
+    assert "dense_0" in lines[2] and "(N, 8)" in lines[2] and lines[2].rstrip().endswith("40")
+    assert "relu_1" in lines[3] and lines[3].rstrip().endswith("0")
+    assert lines[-1].split()[-1] == "67"

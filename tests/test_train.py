@@ -1,0 +1,108 @@
+"""The training fold, the step helpers, epochs with hooks, exact resume, and the shipped tasks."""
+
+import functools
+
+import numpy as np
+import pytest
+
+from tinyfn import checkpoint, datasets, layers, losses, optim, random, train, tree
+from tinyfn.cli import main
+
+
+def test_fit_is_a_fold_over_batches_with_a_metric_history():
+    def step(total, batch):
+        return total + batch, {"seen": batch}
+
+    state, history = train.fit(step, 0, iter(range(5)))
+    assert state == functools.reduce(lambda s, b: step(s, b)[0], range(5), 0) == 10
+    np.testing.assert_array_equal(history["seen"], [0, 1, 2, 3, 4])
+    assert train.fit(step, 7, []) == (7, {})
+
+
+def _problem(seed=0):
+    x, y = datasets.digits()
+    x_train, y_train, x_test, y_test = datasets.train_test_split(random.key(seed), x[:400], y[:400])
+    x_train, x_test = datasets.standardize(x_train, x_test)
+    model = layers.serial(layers.Dense(32), layers.Relu(), layers.Dropout(0.1), layers.Dense(10))
+    return model, datasets.batches(random.key(seed + 1), x_train, y_train, 32), (x_test, y_test)
+
+
+@pytest.mark.parametrize("make_optimizer", [lambda: optim.sgd(0.05, momentum=0.9), lambda: optim.adam(1e-3)], ids=["momentum", "adam"])
+def test_a_run_resumed_from_its_checkpoint_ends_bitwise_equal(tmp_path, make_optimizer):
+    model, batches, _ = _problem()
+    optimizer = make_optimizer()
+    step = train.supervised_step(model, optimizer)
+    start = train.init_train_state(model, optimizer, random.key(5), (-1, 64))
+
+    full_state, full_history = train.train_epochs(step, start, batches, epochs=4, log=None)
+
+    hook = train.save_checkpoints(tmp_path, every=1)
+    train.train_epochs(step, start, batches, epochs=2, hooks=[hook], log=None)
+    saved = checkpoint.load(tmp_path / "checkpoint.msgpack")
+    resumed_state, resumed_history = train.train_epochs(
+        step, saved["state"], batches, epochs=4, history=saved["history"], log=None
+    )
+    for (path, a), (_, b) in zip(tree.leaves_with_path(full_state), tree.leaves_with_path(resumed_state)):
+        assert np.array_equal(a, b), path
+    assert resumed_history["train_loss"] == full_history["train_loss"]
+    assert resumed_state["step"] == 4 * len(batches)
+
+
+def test_training_lowers_the_loss_and_evaluate_reports_accuracy():
+    model, batches, (x_test, y_test) = _problem()
+    optimizer = optim.sgd(0.1)
+    state = train.init_train_state(model, optimizer, random.key(0), (-1, 64))
+    before = train.evaluate(train.predictor(model, state), [(x_test, y_test)])
+    state, history = train.train_epochs(
+        train.supervised_step(model, optimizer), state, batches, epochs=5, log=None,
+        validate=lambda s: train.evaluate(train.predictor(model, s), [(x_test, y_test)]),
+    )
+    assert history["val_loss"][-1] < before["loss"] / 3
+    assert history["val_accuracy"][-1] > 0.85 > before["accuracy"]
+    assert history["epoch"] == [1, 2, 3, 4, 5]
+
+
+def test_early_stopping_is_a_function_of_the_history():
+    stop = train.early_stopping("val_accuracy", patience=2)
+    assert not stop(None, {"val_accuracy": [0.5, 0.6, 0.6]})
+    assert stop(None, {"val_accuracy": [0.5, 0.7, 0.6, 0.65]})
+    model, batches, data = _problem()
+    optimizer = optim.sgd(0.0)  # nothing improves
+    state = train.init_train_state(model, optimizer, random.key(0), (-1, 64))
+    _, history = train.train_epochs(
+        train.supervised_step(model, optimizer), state, batches, epochs=20, log=None, hooks=[stop],
+        validate=lambda s: train.evaluate(train.predictor(model, s), [data]),
+    )
+    assert len(history["epoch"]) == 3
+
+
+def test_a_regularizer_written_as_plain_python_is_differentiated():
+    model = layers.Dense(1)
+    optimizer = optim.sgd(0.5)
+    penalty = lambda p: 10.0 * (p["w"] * p["w"]).sum()
+    step = train.supervised_step(model, optimizer, loss_fn=lambda z, y: losses.mse(z, y), regularizer=penalty)
+    state = train.init_train_state(model, optimizer, random.key(0), (-1, 3))
+    x = np.zeros((4, 3), np.float32)  # the data gives no gradient to w: only the penalty does
+    y = np.zeros((4, 1), np.float32)
+    w0 = state["params"]["w"].copy()
+    state, _ = step(state, (x, y))
+    np.testing.assert_allclose(state["params"]["w"], w0 * (1 - 0.5 * 20.0), rtol=1e-5)
+
+
+def _test_accuracy(tmp_path, *args):
+    out = tmp_path / "_".join(args)
+    assert main(["train", *args, "--out", str(out), "--no-progress"]) == 0
+    return checkpoint.read_metadata(out / "checkpoint.msgpack")["test_accuracy"]
+
+
+def test_iris_binary_reaches_100_percent_for_every_seed(tmp_path, capsys):
+    for seed in range(10):
+        assert _test_accuracy(tmp_path, "iris-binary", "--seed", str(seed)) == 1.0, f"seed {seed}"
+
+
+def test_iris_three_classes_reaches_95_percent(tmp_path, capsys):
+    assert _test_accuracy(tmp_path, "iris") >= 0.95
+
+
+def test_digits_mlp_reaches_97_percent(tmp_path, capsys):
+    assert _test_accuracy(tmp_path, "digits") >= 0.97
