@@ -5,7 +5,7 @@ The public API in one place; every submodule can also be imported on its own:
 ``losses``, ``optim``, ``train``, ``datasets``, ``checkpoint``, ``viz``, ``testing``.
 """
 
-from . import datasets, initializers, layers, losses, ops, random, train, tree
+from . import datasets, initializers, layers, losses, ops, optim, random, train, tree
 from .autodiff import Node, Primitive, grad, value_and_grad, vjp
 from .graph import Graph, graph
 
@@ -24,6 +24,7 @@ __all__ = [
     "layers",
     "losses",
     "ops",
+    "optim",
     "random",
     "train",
     "tree",

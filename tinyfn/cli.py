@@ -33,6 +33,7 @@ def make_optimizer(name: str, lr: float, schedule: str, weight_decay: float, tot
     """An optimizer from command-line names: ``sgd``, ``momentum``, ``adam``, ``adamw``,
     ``rmsprop`` or ``adagrad``, with a learning-rate ``schedule`` over ``total_steps``:
     ``constant``, ``cosine``, ``warmup-cosine`` (10% warm-up) or ``step`` (x0.1 at 50% and 75%)."""
+    total_steps = max(total_steps, 2)  # schedules need a warm-up shorter than the decay
     schedules = {
         "constant": lambda: lr,
         "cosine": lambda: optim.schedules.cosine_decay(lr, total_steps),
