@@ -30,7 +30,7 @@ def main(out=Path(".")):
         print(f"{what:>8}  value {np.round(node.value, 4)}")
     value, (dW, db) = tinyfn.value_and_grad(neuron, argnums=(0, 1))(W, b)
     # d sigmoid(z) / dz = s (1 - s): dW = s (1 - s) x, db = s (1 - s)
-    print(f"f = {value:.4f}, df/dW = {dW}, df/db = {db:.4f}")
+    print(f"f = {value:.4f}, df/dW = {dW}, df/db = {float(db):.4f}")
     print(f"wrote {graph.render(out / 'neuron.dot')}")
     if shutil.which("dot"):
         print(f"wrote {graph.render(out / 'neuron.svg')}")

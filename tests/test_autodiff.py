@@ -205,3 +205,10 @@ def test_every_primitive_leaves_read_only_inputs_unchanged():
         assert all(np.all(np.isfinite(g)) for g in grads), name
         np.testing.assert_array_equal(x, x_before, err_msg=name)
         np.testing.assert_array_equal(y, y_before, err_msg=name)
+
+
+def test_gradients_have_the_shape_dtype_and_layout_of_their_inputs():
+    params = {"scalar": np.array(2.0, np.float32), "vector": np.ones(3, np.float32)}
+    g = tinyfn.grad(lambda p: (p["scalar"] * p["vector"]).sum())(params)
+    assert g["scalar"].shape == () and g["scalar"].dtype == np.float32 and g["scalar"] == 3.0
+    assert g["vector"].dtype == np.float32 and g["vector"].flags.c_contiguous and g["vector"].flags.writeable

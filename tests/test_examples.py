@@ -30,3 +30,8 @@ def test_iris_binary_by_hand_classifies_the_test_split_perfectly(capsys):
 
 def test_residual_model_with_custom_loss_learns(capsys):
     assert _load("residual_custom_loss").main(epochs=3) > 0.9
+
+
+def test_checkpoint_example_round_trips(tmp_path, capsys):
+    _load("checkpoint_roundtrip").main(tmp_path)
+    assert any(p.suffix == ".msgpack" for p in tmp_path.iterdir())

@@ -238,7 +238,10 @@ def _arg_name(names: list[str], i: int) -> str:
 
 
 def _trace(f, primals: tuple, names: list[str], args=(), kwargs=None):
-    """Call ``f(*wrapped primals, *args, **kwargs)`` with every primal leaf wrapped in a Node."""
+    """Call ``f(*wrapped primals, *args, **kwargs)`` with every primal leaf wrapped in a Node.
+
+    Returns ``(out, wrapped primals, input nodes)``.
+    """
     global _trace_depth
     if _trace_depth:
         raise NotImplementedError("nested differentiation (grad of grad) is not supported by tinyfn")
@@ -248,7 +251,7 @@ def _trace(f, primals: tuple, names: list[str], args=(), kwargs=None):
         out = f(*wrapped, *args, **(kwargs or {}))
     finally:
         _trace_depth -= 1
-    return out, inputs
+    return out, wrapped, inputs
 
 
 def _value(x):
@@ -263,7 +266,7 @@ def vjp(f, *primals):
     returns a tuple with one gradient pytree per primal, shaped like that primal.
     """
     names = _positional_names(f)
-    out, inputs = _trace(f, primals, [_arg_name(names, i) for i in range(len(primals))])
+    out, wrapped, _ = _trace(f, primals, [_arg_name(names, i) for i in range(len(primals))])
     out_leaves, out_def = tree.flatten(out)
     out_values = [_value(x) for x in out_leaves]
 
@@ -278,17 +281,24 @@ def vjp(f, *primals):
             if type(o) is Node:
                 roots.append(o)
                 seeds.append(np.asarray(ct, dtype=o.dtype))
-        return _input_grads(primals, inputs, roots, seeds)
+        return _input_grads(wrapped, roots, seeds)
 
     return tree.unflatten(out_def, out_values), vjp_fn
 
 
-def _input_grads(primals, inputs, roots, seeds) -> tuple:
+def _input_grads(wrapped, roots, seeds) -> tuple:
+    """One gradient tree per wrapped primal: each input Node replaced by its cotangent
+    (zeros if the output does not depend on it), in the input's dtype, contiguous."""
     by_id = _backward(roots, seeds) if roots else {}
-    grads = iter(
-        by_id[id(n)] if id(n) in by_id else np.zeros_like(n.value) for n in inputs
-    )
-    return tuple(tree.map(lambda _: next(grads), p) for p in primals)
+
+    def gradient(node):
+        g = by_id.get(id(node))
+        if g is None:
+            return np.zeros_like(node.value)
+        g = np.asarray(g, dtype=node.value.dtype)
+        return g if g.flags.c_contiguous else g.copy()  # sum/mean VJPs hand out broadcast views
+
+    return tuple(tree.map(gradient, w) for w in wrapped)
 
 
 def value_and_grad(f, argnums=0, has_aux=False):
@@ -316,12 +326,14 @@ def value_and_grad(f, argnums=0, has_aux=False):
                 full[n] = w
             return f(*full, **kwargs)
 
-        out, inputs = _trace(f_of_primals, primals, [_arg_name(arg_names, n) for n in nums_pos])
+        out, wrapped, _ = _trace(f_of_primals, primals, [_arg_name(arg_names, n) for n in nums_pos])
         if has_aux:
             if not (isinstance(out, tuple) and len(out) == 2):
                 raise TypeError("has_aux=True requires f to return a pair (scalar, aux)")
             out, aux = out
         value = _value(out)
+        if isinstance(value, np.ndarray) and value.shape == ():
+            value = value[()]  # a numpy scalar, which formats and compares like a number
         if np.shape(value) != ():
             raise TypeError(
                 f"grad requires f to return a scalar (shape ()), found shape {np.shape(value)}; "
@@ -329,7 +341,7 @@ def value_and_grad(f, argnums=0, has_aux=False):
             )
         roots = [out] if type(out) is Node else []
         seeds = [np.ones_like(value)]
-        grads = _input_grads(primals, inputs, roots, seeds)
+        grads = _input_grads(wrapped, roots, seeds)
         grads = grads if multiple else grads[0]
         if has_aux:
             aux = tree.map(_value, aux)

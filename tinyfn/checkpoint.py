@@ -104,9 +104,10 @@ class CheckpointMismatchError(CheckpointError, tree.TreeMismatchError):
 class Limits:
     """Caps applied while reading, so that hostile input cannot exhaust memory or the stack.
 
-    ``max_bytes``: largest accepted file (or byte string); ``max_depth``: deepest nesting of
-    msgpack maps and arrays, counting the file's top-level map as 1 (a tree nested ``d``
-    levels deep needs ``d + 3``); ``max_items``: most msgpack values in one file.
+    ``max_bytes``: largest accepted file (or byte string). ``max_depth``: deepest value, where
+    the file's top-level map is at depth 1, its entries at depth 2, and the items of a map or
+    array one deeper than it (a tree with ``d`` levels of containers needs ``d + 3``).
+    ``max_items``: most msgpack values in one file.
     """
 
     max_bytes: int = 2**33
@@ -228,17 +229,18 @@ def describe(path_or_tree, *, flax=False, limits=None) -> str:
 
     ``path_or_tree`` is a checkpoint file (``str`` or path-like; read with ``flax=True`` for
     a flax file) or a tree. Returns lines with the file's format and size, its metadata,
-    then one row per leaf (path, shape, dtype, element count) and the totals.
+    then one row per leaf (path, shape, dtype, element count) and the totals. A list or
+    tuple of Python scalars of one type, such as a metric's history, is one row of shape ``[n]``.
     """
     lines = []
     if isinstance(path_or_tree, (str, os.PathLike)):
         limits = limits or Limits()
         data = _read_file(path_or_tree, limits)
         if flax:
-            metadata, tree_ = {}, _read_flax(data, limits)
+            metadata, value = {}, _read_flax(data, limits)
             kind = "flax msgpack, no checksum"
         else:
-            metadata, tree_ = _read_checkpoint(data, limits)
+            metadata, value = _read_checkpoint(data, limits)
             kind = f"{FORMAT} version {VERSION}, checksum ok"
         lines.append(f"{os.fspath(path_or_tree)}  ({kind}, {len(data):,} bytes)")
         if metadata:
@@ -246,8 +248,8 @@ def describe(path_or_tree, *, flax=False, limits=None) -> str:
             lines += [f"  {key}: {value!r}" for key, value in metadata.items()]
         lines.append("")
     else:
-        tree_ = path_or_tree
-    return "\n".join(lines + _leaf_table(tree_))
+        value = path_or_tree
+    return "\n".join(lines + _table(value))
 
 
 # ----------------------------------------------------------------------------------------
@@ -260,7 +262,10 @@ def describe(path_or_tree, *, flax=False, limits=None) -> str:
 
 def _encode(value, metadata) -> Iterator[bytes]:
     """Check ``value`` and ``metadata`` now; return an iterator over the checkpoint's bytes."""
-    metadata = _plain_metadata({} if metadata is None else metadata)
+    metadata = {} if metadata is None else metadata
+    if type(metadata) is not dict:
+        raise CheckpointError(f"metadata must be a dict, found {type(metadata).__name__}")
+    metadata = _plain_metadata(metadata)
     treedef = tree.structure(value)
     _check_keys(treedef, ())
     leaves_with_paths = tree.leaves_with_path(value)
@@ -448,8 +453,13 @@ def _read_file(path, limits: Limits) -> bytes:
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size > limits.max_bytes:
-            raise CheckpointError(f"{os.fspath(path)}: {size:,} bytes is more than Limits.max_bytes={limits.max_bytes:,}")
-        return f.read(limits.max_bytes + 1)  # + 1 so a file that grew meanwhile is still caught
+            raise CheckpointError(
+                f"{os.fspath(path)}: {size:,} bytes is more than Limits.max_bytes={limits.max_bytes:,}"
+            )
+        data = f.read(size + 1)  # read(n) allocates n bytes first: ask for what the file holds
+    if len(data) != size:
+        raise CheckpointError(f"{os.fspath(path)}: the file changed size while it was read")
+    return _as_bytes(data, limits)
 
 
 def _as_bytes(data, limits: Limits) -> bytes:
@@ -485,22 +495,24 @@ def _read_checkpoint(data: bytes, limits: Limits, with_tree: bool = True):
     return metadata, tree.unflatten(treedef, leaves)
 
 
-def _read_header(reader: "_Reader") -> int:
+def _read_header(reader: _Reader) -> int:
     """Check the format name and version; return the number of top-level entries."""
-    not_a_checkpoint = CheckpointError(
+    not_a_checkpoint = (
         f"not a tinyfn checkpoint: it does not begin with the entry 'format': {FORMAT!r} "
         "(to read a file written by flax.serialization, pass flax=True)"
     )
     try:
         entries = reader.map_header(())
         name = reader.entry("format")
-    except CheckpointError:
-        raise not_a_checkpoint from None
+    except CheckpointError as exc:
+        raise CheckpointError(f"{not_a_checkpoint}; {exc}") from None
     if name != FORMAT:
-        raise not_a_checkpoint
+        raise CheckpointError(not_a_checkpoint)
     version = reader.entry("version")
     if type(version) is not int or version != VERSION:
-        raise CheckpointError(f"unsupported checkpoint version {version!r}: this tinyfn reads version {VERSION} (or the file is corrupt)")
+        raise CheckpointError(
+            f"unsupported checkpoint version {version!r}: this tinyfn reads version {VERSION} (or the file is corrupt)"
+        )
     return entries
 
 
@@ -509,7 +521,9 @@ def _verify_checksum(data: bytes) -> None:
     if len(data) < _TRAILER_SIZE or data[-_TRAILER_SIZE:-32] != _TRAILER:
         raise CheckpointError("corrupt checkpoint: the checksum at the end is missing (truncated or extended file?)")
     if hashlib.sha256(memoryview(data)[:-_TRAILER_SIZE]).digest() != data[-32:]:
-        raise CheckpointError("corrupt checkpoint: SHA-256 checksum mismatch (the bytes changed after they were written)")
+        raise CheckpointError(
+            "corrupt checkpoint: SHA-256 checksum mismatch (the bytes changed after they were written)"
+        )
 
 
 def _read_flax(data: bytes, limits: Limits):
@@ -553,7 +567,8 @@ class _Reader:
     def value(self, path: tuple, depth: int, arrays: bool):
         """The next value; ``arrays`` allows msgpack extensions (arrays, complex, numpy scalars)."""
         if depth > self._limits.max_depth:
-            raise CheckpointError(f"{tree.format_path(path)}: nested deeper than Limits.max_depth={self._limits.max_depth}")
+            where = tree.format_path(path)
+            raise CheckpointError(f"{where}: nested deeper than Limits.max_depth={self._limits.max_depth}")
         self._items += 1
         if self._items > self._limits.max_items:
             raise CheckpointError(f"more than Limits.max_items={self._limits.max_items:,} values")
@@ -611,7 +626,8 @@ class _Reader:
         remaining = len(self._data) - self.offset
         if length * min_bytes_per_item > remaining:
             raise CheckpointError(
-                f"{tree.format_path(path)}: declares {length:,} items but only {remaining:,} bytes remain (truncated or corrupt)"
+                f"{tree.format_path(path)}: declares {length:,} items but only {remaining:,} bytes remain "
+                "(truncated or corrupt)"
             )
         return length
 
@@ -620,7 +636,8 @@ class _Reader:
         try:
             return read()
         except (ValueError, msgpack.UnpackException) as exc:
-            raise CheckpointError(f"{tree.format_path(path)}: malformed msgpack ({type(exc).__name__}: {exc})") from None
+            where = tree.format_path(path)
+            raise CheckpointError(f"{where}: malformed msgpack ({type(exc).__name__}: {exc})") from None
 
 
 def _decode_ext(ext: msgpack.ExtType, path: tuple):
@@ -634,7 +651,8 @@ def _decode_ext(ext: msgpack.ExtType, path: tuple):
     if ext.code == _EXT_COMPLEX:
         parts = _unpack_payload(ext.data, path, max_array_len=2)
         if type(parts) is not list or len(parts) != 2 or any(type(p) is not float for p in parts):
-            raise CheckpointError(f"{tree.format_path(path)}: a complex number must be [real, imag] floats, found {parts!r}")
+            where = tree.format_path(path)
+            raise CheckpointError(f"{where}: a complex number must be [real, imag] floats, found {parts!r}")
         return complex(*parts)
     raise CheckpointError(
         f"{tree.format_path(path)}: unknown msgpack extension type {ext.code} "
@@ -650,7 +668,8 @@ def _unpack_payload(payload: bytes, path: tuple, max_array_len: int):
             max_str_len=len(payload), max_bin_len=len(payload),
         )  # fmt: skip
     except (ValueError, msgpack.UnpackException) as exc:
-        raise CheckpointError(f"{tree.format_path(path)}: malformed extension payload ({type(exc).__name__}: {exc})") from None
+        where = tree.format_path(path)
+        raise CheckpointError(f"{where}: malformed extension payload ({type(exc).__name__}: {exc})") from None
 
 
 def _array_from_payload(payload: bytes, path: tuple) -> np.ndarray:
@@ -693,7 +712,9 @@ def _unchunk(node: dict, path: tuple) -> np.ndarray:
     _check_shape(shape, chunks[0].itemsize, where)
     flat = np.concatenate(chunks)
     if flat.size != math.prod(shape):
-        raise CheckpointError(f"{where}: shape {tuple(shape)} needs {math.prod(shape):,} elements, chunks hold {flat.size:,}")
+        raise CheckpointError(
+            f"{where}: shape {tuple(shape)} needs {math.prod(shape):,} elements, chunks hold {flat.size:,}"
+        )
     flat.flags.writeable = False
     return flat.reshape(shape)
 
@@ -740,7 +761,9 @@ def _collect_leaves(treedef, node, path: tuple, out: list) -> None:
     labels = treedef.keys if treedef.kind == "dict" else range(len(treedef.children))
     keys = [str(label) for label in labels]
     if type(node) is not dict or set(node) != set(keys):
-        raise CheckpointError(f"{where}: the tree entry does not follow the structure entry (expected a map with keys {keys})")
+        raise CheckpointError(
+            f"{where}: the tree entry does not follow the structure entry (expected a map with keys {keys})"
+        )
     for label, key, child in zip(labels, keys, treedef.children):
         _collect_leaves(child, node[key], path + (label,), out)
 
@@ -759,7 +782,7 @@ def _adopt_containers(found, target):
         if type(found) is not list:
             return found
         adopted = [_adopt_containers(item, target[i]) if i < len(target) else item for i, item in enumerate(found)]
-        return type(target)(adopted)
+        return tuple(adopted) if isinstance(target, tuple) else adopted
     if isinstance(target, dict) and type(found) is dict:
         target_key = {str(k): k for k in target}
         renamed = {}
@@ -795,7 +818,8 @@ def _mismatches(found, target, path: tuple, out: list) -> None:
         for key in _sorted(target.keys() & found.keys()):
             _mismatches(found[key], target[key], path + (key,), out)
     elif isinstance(target, (list, tuple)):
-        if type(found) is not type(target) or len(found) != len(target):
+        kind = list if isinstance(target, list) else tuple  # a namedtuple is a tuple, as in tinyfn.tree
+        if not isinstance(found, kind) or len(found) != len(target):
             out.append(f"{where}: expected {_describe_node(target)}, found {_describe_node(found)}")
             return
         for i, (item, expected) in enumerate(zip(found, target)):
@@ -832,23 +856,34 @@ def _describe_node(node) -> str:
 # describe()
 
 
-def _leaf_table(tree_) -> list:
-    rows = []
-    for path, leaf in tree.leaves_with_path(tree_):
-        if isinstance(leaf, (np.ndarray, np.generic)):
-            rows.append((path, str(leaf.shape), leaf.dtype.name, leaf.size, leaf.nbytes))
-        else:
-            rows.append((path, "()", type(leaf).__name__, 1, 0))
+def _table(value) -> list:
+    rows = _table_rows(value, ())
     if not rows:
         return ["(no leaves)"]
     header = ("path", "shape", "dtype", "elements")
-    cells = [header] + [(path, shape, dtype, f"{count:,}") for path, shape, dtype, count, _ in rows]
+    cells = [header] + [(path, shape, dtype, f"{count:,}") for path, shape, dtype, count, _, _ in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(4)]
     lines = [
         f"{path:<{widths[0]}}  {shape:<{widths[1]}}  {dtype:<{widths[2]}}  {count:>{widths[3]}}"
         for path, shape, dtype, count in cells
     ]
-    total = sum(row[3] for row in rows)
-    array_bytes = sum(row[4] for row in rows)
-    lines.append(f"{len(rows):,} leaves, {total:,} elements, {array_bytes:,} bytes of array data")
+    leaves, elements, array_bytes = (sum(row[i] for row in rows) for i in (5, 3, 4))
+    lines.append(f"{leaves:,} leaves, {elements:,} elements, {array_bytes:,} bytes of array data")
     return lines
+
+
+def _table_rows(node, path: tuple) -> list:
+    """``(path, shape, dtype, elements, array bytes, leaves)`` rows in tree order. A list or
+    tuple of Python scalars of one type (a metric's history, say) is one row, shape ``[n]``."""
+    if isinstance(node, dict):
+        return [row for key in _sorted(node) for row in _table_rows(node[key], path + (key,))]
+    if isinstance(node, (list, tuple)):
+        kinds = {type(item) for item in node}
+        if len(kinds) == 1 and kinds <= {bool, int, float, str}:
+            return [(tree.format_path(path), f"[{len(node)}]", kinds.pop().__name__, len(node), 0, len(node))]
+        return [row for i, item in enumerate(node) for row in _table_rows(item, path + (i,))]
+    if node is None:
+        return []
+    if isinstance(node, (np.ndarray, np.generic)):
+        return [(tree.format_path(path), str(node.shape), node.dtype.name, node.size, node.nbytes, 1)]
+    return [(tree.format_path(path), "()", type(node).__name__, 1, 0, 1)]

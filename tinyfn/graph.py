@@ -103,7 +103,7 @@ def graph(f, *args) -> Graph:
     (and pytree paths, such as ``params/dense_0/w``).
     """
     names = _positional_names(f)
-    out, inputs = _trace(f, args, [_arg_name(names, i) for i in range(len(args))])
+    out, _, inputs = _trace(f, args, [_arg_name(names, i) for i in range(len(args))])
     outputs = [leaf for leaf in tree.leaves(out) if type(leaf) is Node]
     nodes = toposort(outputs)
     unused = [n for n in inputs if all(n is not m for m in nodes)]

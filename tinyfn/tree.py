@@ -9,7 +9,7 @@ Parameters, gradients and optimizer states in tinyfn are pytrees. A pytree is
 
 Dict keys are always visited in **sorted order** (``sorted(d)``), whatever order the
 dict was built in, so two dicts with the same keys flatten the same way. Dicts made
-by :func:`unflatten` have their keys in that sorted order.
+by :func:`unflatten` and :func:`map` have their keys in that sorted order.
 
 Paths name a position in a tree: dict keys and list/tuple indices joined by ``/``,
 for example ``"dense_0/w"`` or ``"layers/2/b"``. Errors about mismatched trees name
@@ -183,37 +183,50 @@ def _describe(node) -> str:
     return f"a {kind} of length {len(kids)}"
 
 
+def _join(path, key) -> str:
+    return f"{path}/{key}" if path else str(key)
+
+
+def _mismatch(path, expected, found):
+    raise TreeMismatchError(
+        f"trees differ at '{path or '<root>'}': expected {_describe(expected)}, found {_describe(found)}"
+    )
+
+
 def _map(f, trees: tuple, with_path: bool):
-    first = trees[0]
+    """Shared body of :func:`map` and :func:`map_with_path` (the hot path of every optimizer step)."""
 
-    def visit(path: tuple, nodes: tuple):
-        parts = _children(nodes[0])
-        if parts is None:
-            return f(format_path(path), *nodes) if with_path else f(*nodes)
-        kind, keys, kids = parts
-        others = []
-        for other in nodes[1:]:
-            oparts = _children(other)
-            if oparts is None or oparts[0] != kind or oparts[1] != keys or len(oparts[2]) != len(kids):
-                raise TreeMismatchError(
-                    f"trees differ at '{format_path(path)}': expected {_describe(nodes[0])}, "
-                    f"found {_describe(other)}"
-                )
-            others.append(oparts[2])
-        if kind == "none":
+    def visit(path, node, others):
+        if isinstance(node, dict):
+            keys = _sorted_keys(node)
+            for other in others:
+                if not isinstance(other, dict) or len(other) != len(keys) or any(k not in other for k in keys):
+                    _mismatch(path, node, other)
+            return {
+                k: visit(_join(path, k), node[k], [other[k] for other in others])
+                for k in keys
+            }
+        if isinstance(node, (list, tuple)):
+            kind = list if isinstance(node, list) else tuple
+            for other in others:
+                if not isinstance(other, kind) or len(other) != len(node):
+                    _mismatch(path, node, other)
+            items = [
+                visit(_join(path, i), item, [other[i] for other in others])
+                for i, item in enumerate(node)
+            ]
+            return items if kind is list else tuple(items)
+        if node is None:
+            for other in others:
+                if other is not None:
+                    _mismatch(path, node, other)
             return None
-        labels = keys if kind == "dict" else range(len(kids))
-        mapped = [
-            visit(path + (label,), (kid,) + tuple(o[i] for o in others))
-            for i, (label, kid) in enumerate(zip(labels, kids))
-        ]
-        if kind == "dict":
-            # keep the first tree's own key order so printed trees look like their source
-            by_key = dict(zip(keys, mapped))
-            return {k: by_key[k] for k in nodes[0]}
-        return mapped if kind == "list" else tuple(mapped)
+        for other in others:
+            if isinstance(other, (dict, list, tuple)) or other is None:
+                _mismatch(path, node, other)
+        return f(path or "<root>", node, *others) if with_path else f(node, *others)
 
-    return visit((), (first,) + tuple(trees[1:]))
+    return visit("", trees[0], trees[1:])
 
 
 def map(f, tree, *rest):

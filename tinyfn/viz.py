@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["plot_history"]
+__all__ = ["plot_history", "plot_comparison"]
 
 
 def _pyplot():
@@ -48,6 +48,32 @@ def plot_history(history: dict, path, title: str | None = None) -> Path:
             ax.plot(epochs, history[name], marker="o", markersize=3, label=name.replace("_", " "))
         ax.set_xlabel("epoch")
         ax.set_ylabel(quantity)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_comparison(histories: dict, path, metrics=("val_loss", "val_accuracy"), title: str | None = None) -> Path:
+    """Draw the same metrics of several runs in shared panels (one line per run) to a PNG.
+
+    ``histories`` maps a run label to its per-epoch history (as :func:`plot_history` takes);
+    ``metrics`` are the history keys to draw, one panel each. Returns the path written.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.5), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for label, history in histories.items():
+            if metric not in history:
+                raise ValueError(f"plot_comparison: run {label!r} has no {metric!r}; found {sorted(history)}")
+            ax.plot(history["epoch"], history[metric], marker="o", markersize=3, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric.replace("_", " "))
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
