@@ -23,6 +23,26 @@ def _pyplot():
     return plt
 
 
+def _draw_panels(panels, path, title):
+    """One panel per ``(ylabel, [(label, epochs, values), ...])``, side by side, saved as PNG."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    for ax, (ylabel, lines) in zip(axes[0], panels):
+        for label, epochs, values in lines:
+            ax.plot(epochs, values, marker="o", markersize=3, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_history(history: dict, path, title: str | None = None) -> Path:
     """Draw per-epoch curves from a training history and save them as a PNG at ``path``.
 
@@ -31,32 +51,20 @@ def plot_history(history: dict, path, title: str | None = None) -> Path:
     and optionally ``"learning_rate"``). One panel per quantity (loss, accuracy, learning
     rate), train and validation in the same panel. Returns the path written.
     """
-    plt = _pyplot()
     epochs = history.get("epoch") or list(range(1, 1 + len(next(iter(history.values())))))
-    panels = [
-        (quantity, [name for name in (f"train_{quantity}", f"val_{quantity}") if history.get(name)])
-        for quantity in ("loss", "accuracy")
+    quantities = [
+        ("loss", ("train_loss", "val_loss")),
+        ("accuracy", ("train_accuracy", "val_accuracy")),
+        ("learning rate", ("learning_rate",)),
     ]
-    if history.get("learning_rate"):
-        panels.append(("learning rate", ["learning_rate"]))
-    panels = [(q, names) for q, names in panels if names]
+    panels = [
+        (quantity, [(name.replace("_", " "), epochs, history[name]) for name in names if history.get(name)])
+        for quantity, names in quantities
+    ]
+    panels = [(quantity, lines) for quantity, lines in panels if lines]
     if not panels:
         raise ValueError(f"plot_history: nothing to plot; expected keys like 'train_loss', found {sorted(history)}")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
-    for ax, (quantity, names) in zip(axes[0], panels):
-        for name in names:
-            ax.plot(epochs, history[name], marker="o", markersize=3, label=name.replace("_", " "))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(quantity)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _draw_panels(panels, path, title)
 
 
 def plot_comparison(histories: dict, path, metrics=("val_loss", "val_accuracy"), title: str | None = None) -> Path:
@@ -65,21 +73,12 @@ def plot_comparison(histories: dict, path, metrics=("val_loss", "val_accuracy"),
     ``histories`` maps a run label to its per-epoch history (as :func:`plot_history` takes);
     ``metrics`` are the history keys to draw, one panel each. Returns the path written.
     """
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.5), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        for label, history in histories.items():
+    for label, history in histories.items():
+        for metric in metrics:
             if metric not in history:
                 raise ValueError(f"plot_comparison: run {label!r} has no {metric!r}; found {sorted(history)}")
-            ax.plot(history["epoch"], history[metric], marker="o", markersize=3, label=label)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric.replace("_", " "))
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    panels = [
+        (metric.replace("_", " "), [(label, h["epoch"], h[metric]) for label, h in histories.items()])
+        for metric in metrics
+    ]
+    return _draw_panels(panels, path, title)
