@@ -10,9 +10,11 @@ The model in four sentences:
 2. While a function is differentiated, its inputs are wrapped in :class:`Node` objects. A
    primitive called with at least one Node records a new Node: its value, its op, and its
    arguments (the parents). Called with plain arrays, it just runs (no graph, no overhead).
-3. The backward pass sorts the nodes reachable from the output in topological order
-   (iteratively, so a chain of 100,000 ops is fine) and visits them in reverse, applying each
-   node's VJP rule and summing cotangents of nodes used more than once.
+3. The nodes are recorded on a tape in the order they are made, which is a topological order
+   (an op runs after its arguments exist). The backward pass walks the tape in reverse (a loop,
+   so a chain of 100,000 ops is fine), applying each node's VJP rule and summing the
+   cotangents of nodes used more than once. (:func:`toposort` computes a topological order
+   from the graph alone, by depth-first search; graph drawings use it.)
 4. :func:`vjp`, :func:`grad` and :func:`value_and_grad` wrap that for functions of pytrees.
 
 Defining your own primitive::
@@ -45,7 +47,7 @@ __all__ = ["Primitive", "PRIMITIVES", "Node", "vjp", "grad", "value_and_grad", "
 PRIMITIVES: dict[str, "Primitive"] = {}
 """Every primitive ever constructed, by name (the tests check each one has a gradient test)."""
 
-_trace_depth = 0
+_tape: list | None = None  # the nodes recorded by the running differentiation, in order
 
 
 class Primitive:
@@ -82,7 +84,10 @@ class Primitive:
     def _record(self, args, params):
         values = [a.value if type(a) is Node else a for a in args]
         out, residuals = self.forward(*values, **params)
-        return Node(out, self, args, residuals)
+        node = Node(out, self, args, residuals)
+        if _tape is not None:
+            _tape.append(node)
+        return node
 
     def __repr__(self):
         return f"Primitive({self.name!r})"
@@ -138,7 +143,7 @@ class Node:
         )
 
     def __repr__(self):
-        op = self.primitive.name if self.primitive is not None else f"input {self.name!r}"
+        op = self.primitive.name if self.primitive is not None else f"input {self.name or ''}".rstrip()
         return f"Node({op}, shape={self.shape}, dtype={self.dtype})"
 
 
@@ -171,54 +176,65 @@ def toposort(outputs) -> list[Node]:
     return order
 
 
-def _backward(outputs: list[Node], cotangents: list) -> dict[int, object]:
-    """Run the VJP rules in reverse topological order; returns ``{id(input node): cotangent}``."""
-    acc: dict[int, object] = {}
-    for node, g in zip(outputs, cotangents):
-        acc[id(node)] = acc[id(node)] + g if id(node) in acc else g
-    input_grads: dict[int, object] = {}
-    for node in reversed(toposort(outputs)):
-        g = acc.pop(id(node), None)
+def _backward(tape: list[Node], roots: list[Node], seeds: list) -> dict[int, object]:
+    """Run the VJP rules from the output back to the inputs.
+
+    The tape lists the recorded nodes in the order they were made, which is already a
+    topological order (an op runs after its arguments exist), so walking it backwards visits
+    every node after all the nodes that use it, without recursion. Nodes nothing depends on
+    are skipped. Returns ``{id(node): cotangent}`` for the nodes left over: the inputs.
+    """
+    pending: dict[int, object] = {}
+    for node, g in zip(roots, seeds):
+        pending[id(node)] = pending[id(node)] + g if id(node) in pending else g
+    for node in reversed(tape):
+        g = pending.pop(id(node), None)
         if g is None:
             continue
-        if node.primitive is None:
-            input_grads[id(node)] = g
-            continue
         args = node.args
-        needs = tuple(type(a) is Node for a in args)
-        cts = node.primitive.vjp(g, node.residuals, needs)
-        for a, ct in zip(args, cts):
-            if ct is None or type(a) is not Node:
-                continue
-            key = id(a)
-            acc[key] = acc[key] + ct if key in acc else ct
-    return input_grads
+        cotangents = node.primitive.vjp(g, node.residuals, tuple(type(a) is Node for a in args))
+        for a, ct in zip(args, cotangents):
+            if ct is not None and type(a) is Node:
+                earlier = pending.get(id(a))
+                pending[id(a)] = ct if earlier is None else earlier + ct  # a value used twice
+    return pending
 
 
-def _as_input(path: str, leaf) -> Node:
+class _NotDifferentiable(TypeError):
+    pass
+
+
+def _as_input(leaf) -> Node:
     value = np.asarray(leaf)
     if value.dtype.kind not in "fc":
-        raise TypeError(
-            f"cannot differentiate with respect to '{path}': expected a floating-point array, "
-            f"found dtype {value.dtype}"
-        )
-    return Node(value, name=path)
+        raise _NotDifferentiable(value.dtype)
+    return Node(value)
 
 
-def _wrap(primals: tuple, names: list[str]) -> tuple[tuple, list[Node]]:
-    """Replace every leaf of the primals by an input Node; returns (wrapped primals, inputs)."""
-    inputs: list[Node] = []
+def _wrap(primals: tuple, names: list[str]) -> tuple:
+    """Replace every leaf of the primals by an input Node (a TypeError names a non-float leaf)."""
+    try:
+        return tuple(tree.map(_as_input, primal) for primal in primals)
+    except _NotDifferentiable:
+        for primal, name in zip(primals, names):
+            for path, leaf in tree.leaves_with_path(primal):
+                if np.result_type(leaf).kind not in "fc":
+                    where = name if path == "<root>" else f"{name}/{path}"
+                    raise TypeError(
+                        f"cannot differentiate with respect to '{where}': expected a floating-point "
+                        f"array, found dtype {np.result_type(leaf)}"
+                    ) from None
+        raise
 
-    def wrap_leaf(path, leaf, prefix):
-        node = _as_input(prefix if path == "<root>" else f"{prefix}/{path}", leaf)
-        inputs.append(node)
-        return node
 
-    wrapped = tuple(
-        tree.map_with_path(lambda p, x, n=name: wrap_leaf(p, x, n), primal)
-        for primal, name in zip(primals, names)
-    )
-    return wrapped, inputs
+def _name_inputs(wrapped: tuple, names: list[str]) -> list[Node]:
+    """Name each input node after its argument and pytree path (for drawings); returns them."""
+    inputs = []
+    for primal, name in zip(wrapped, names):
+        for path, node in tree.leaves_with_path(primal):
+            node.name = name if path == "<root>" else f"{name}/{path}"
+            inputs.append(node)
+    return inputs
 
 
 def _positional_names(f) -> list[str]:
@@ -237,21 +253,21 @@ def _arg_name(names: list[str], i: int) -> str:
     return names[i] if i < len(names) else f"arg{i}"
 
 
-def _trace(f, primals: tuple, names: list[str], args=(), kwargs=None):
-    """Call ``f(*wrapped primals, *args, **kwargs)`` with every primal leaf wrapped in a Node.
+def _trace(f, primals: tuple, names: list[str]):
+    """Call ``f(*wrapped primals)`` with every primal leaf wrapped in an input Node.
 
-    Returns ``(out, wrapped primals, input nodes)``.
+    Returns ``(out, wrapped primals, tape)``; the tape lists the nodes recorded, in order.
     """
-    global _trace_depth
-    if _trace_depth:
+    global _tape
+    if _tape is not None:
         raise NotImplementedError("nested differentiation (grad of grad) is not supported by tinyfn")
-    wrapped, inputs = _wrap(primals, names)
-    _trace_depth += 1
+    wrapped = _wrap(primals, names)
+    _tape = tape = []
     try:
-        out = f(*wrapped, *args, **(kwargs or {}))
+        out = f(*wrapped)
     finally:
-        _trace_depth -= 1
-    return out, wrapped, inputs
+        _tape = None
+    return out, wrapped, tape
 
 
 def _value(x):
@@ -266,7 +282,7 @@ def vjp(f, *primals):
     returns a tuple with one gradient pytree per primal, shaped like that primal.
     """
     names = _positional_names(f)
-    out, wrapped, _ = _trace(f, primals, [_arg_name(names, i) for i in range(len(primals))])
+    out, wrapped, tape = _trace(f, primals, [_arg_name(names, i) for i in range(len(primals))])
     out_leaves, out_def = tree.flatten(out)
     out_values = [_value(x) for x in out_leaves]
 
@@ -281,15 +297,15 @@ def vjp(f, *primals):
             if type(o) is Node:
                 roots.append(o)
                 seeds.append(np.asarray(ct, dtype=o.dtype))
-        return _input_grads(wrapped, roots, seeds)
+        return _input_grads(wrapped, tape, roots, seeds)
 
     return tree.unflatten(out_def, out_values), vjp_fn
 
 
-def _input_grads(wrapped, roots, seeds) -> tuple:
+def _input_grads(wrapped, tape, roots, seeds) -> tuple:
     """One gradient tree per wrapped primal: each input Node replaced by its cotangent
     (zeros if the output does not depend on it), in the input's dtype, contiguous."""
-    by_id = _backward(roots, seeds) if roots else {}
+    by_id = _backward(tape, roots, seeds) if roots else {}
 
     def gradient(node):
         g = by_id.get(id(node))
@@ -326,7 +342,7 @@ def value_and_grad(f, argnums=0, has_aux=False):
                 full[n] = w
             return f(*full, **kwargs)
 
-        out, wrapped, _ = _trace(f_of_primals, primals, [_arg_name(arg_names, n) for n in nums_pos])
+        out, wrapped, tape = _trace(f_of_primals, primals, [_arg_name(arg_names, n) for n in nums_pos])
         if has_aux:
             if not (isinstance(out, tuple) and len(out) == 2):
                 raise TypeError("has_aux=True requires f to return a pair (scalar, aux)")
@@ -341,7 +357,7 @@ def value_and_grad(f, argnums=0, has_aux=False):
             )
         roots = [out] if type(out) is Node else []
         seeds = [np.ones_like(value)]
-        grads = _input_grads(wrapped, roots, seeds)
+        grads = _input_grads(wrapped, tape, roots, seeds)
         grads = grads if multiple else grads[0]
         if has_aux:
             aux = tree.map(_value, aux)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import tree
-from .autodiff import Node, _arg_name, _positional_names, _trace, toposort
+from .autodiff import Node, _arg_name, _name_inputs, _positional_names, _trace, toposort
 
 __all__ = ["Graph", "graph"]
 
@@ -103,7 +103,9 @@ def graph(f, *args) -> Graph:
     (and pytree paths, such as ``params/dense_0/w``).
     """
     names = _positional_names(f)
-    out, _, inputs = _trace(f, args, [_arg_name(names, i) for i in range(len(args))])
+    arg_names = [_arg_name(names, i) for i in range(len(args))]
+    out, wrapped, _ = _trace(f, args, arg_names)
+    inputs = _name_inputs(wrapped, arg_names)
     outputs = [leaf for leaf in tree.leaves(out) if type(leaf) is Node]
     nodes = toposort(outputs)
     unused = [n for n in inputs if all(n is not m for m in nodes)]

@@ -46,10 +46,15 @@ def _log_softmax(logits):
     return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
 
 
+def _picked(labels: np.ndarray) -> tuple:
+    """Index of entry ``labels[i]`` in row i of a ``(..., C)`` array seen as ``(n, C)``."""
+    return np.arange(labels.size), labels.reshape(-1)
+
+
 def _sce_forward(logits, labels, *, reduction):
     log_p = _log_softmax(logits)
     if labels.dtype.kind in "iu":
-        per_item = -np.take_along_axis(log_p, labels[..., None].astype(np.int64), axis=-1)[..., 0]
+        per_item = -log_p.reshape(-1, log_p.shape[-1])[_picked(labels)].reshape(labels.shape)
     else:
         per_item = -np.sum(labels * log_p, axis=-1)
     return _reduce(per_item, reduction), (log_p, labels, per_item.shape, reduction)
@@ -63,10 +68,11 @@ def _sce_vjp(g, res, needs):
         # d/dlogits = softmax(logits) * sum(labels) - labels, which is p - onehot for class labels
         grad = np.exp(log_p)
         if labels.dtype.kind in "iu":
-            np.subtract.at(grad.reshape(-1, grad.shape[-1]), (np.arange(labels.size), labels.reshape(-1)), 1)
+            grad.reshape(-1, grad.shape[-1])[_picked(labels)] -= 1  # one entry per row: no repeats
         else:
             grad = grad * np.sum(labels, axis=-1, keepdims=True) - labels
-        g_logits = (grad * g_items).astype(log_p.dtype, copy=False)
+        grad *= g_items
+        g_logits = grad
     if needs[1] and labels.dtype.kind not in "iu":
         g_labels = -log_p * g_items
     return g_logits, g_labels
@@ -91,7 +97,7 @@ def softmax_cross_entropy(logits, labels, reduction: str = "mean"):
     if label_values.dtype.kind in "iu":
         if label_values.shape != logit_shape[:-1]:
             raise ValueError(f"softmax_cross_entropy: integer labels must have shape {logit_shape[:-1]}, found {label_values.shape}")
-        if label_values.size and (label_values.min() < 0 or label_values.max() >= logit_shape[-1]):
+        if label_values.size and not 0 <= label_values.min() <= label_values.max() < logit_shape[-1]:
             raise ValueError(
                 f"softmax_cross_entropy: labels must be class indices in [0, {logit_shape[-1]}), "
                 f"found values from {label_values.min()} to {label_values.max()}"

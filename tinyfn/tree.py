@@ -183,50 +183,53 @@ def _describe(node) -> str:
     return f"a {kind} of length {len(kids)}"
 
 
-def _join(path, key) -> str:
-    return f"{path}/{key}" if path else str(key)
+def _path_str(where) -> str:
+    """The path string of a ``where`` chain ``(..((None, k1), k2).., kn)`` built while visiting."""
+    keys = []
+    while where is not None:
+        where, key = where
+        keys.append(str(key))
+    return "/".join(reversed(keys)) or "<root>"
 
 
-def _mismatch(path, expected, found):
+def _mismatch(where, expected, found):
     raise TreeMismatchError(
-        f"trees differ at '{path or '<root>'}': expected {_describe(expected)}, found {_describe(found)}"
+        f"trees differ at '{_path_str(where)}': expected {_describe(expected)}, found {_describe(found)}"
     )
 
 
 def _map(f, trees: tuple, with_path: bool):
-    """Shared body of :func:`map` and :func:`map_with_path` (the hot path of every optimizer step)."""
+    """Shared body of :func:`map` and :func:`map_with_path` (the hot path of every optimizer step).
 
-    def visit(path, node, others):
+    The position is carried as a cheap chain of ``(parent, key)`` pairs and turned into a
+    path string only when it is needed (for ``f`` or for an error).
+    """
+
+    def visit(where, node, others):
         if isinstance(node, dict):
             keys = _sorted_keys(node)
             for other in others:
                 if not isinstance(other, dict) or len(other) != len(keys) or any(k not in other for k in keys):
-                    _mismatch(path, node, other)
-            return {
-                k: visit(_join(path, k), node[k], [other[k] for other in others])
-                for k in keys
-            }
+                    _mismatch(where, node, other)
+            return {k: visit((where, k), node[k], [other[k] for other in others]) for k in keys}
         if isinstance(node, (list, tuple)):
             kind = list if isinstance(node, list) else tuple
             for other in others:
                 if not isinstance(other, kind) or len(other) != len(node):
-                    _mismatch(path, node, other)
-            items = [
-                visit(_join(path, i), item, [other[i] for other in others])
-                for i, item in enumerate(node)
-            ]
+                    _mismatch(where, node, other)
+            items = [visit((where, i), item, [other[i] for other in others]) for i, item in enumerate(node)]
             return items if kind is list else tuple(items)
         if node is None:
             for other in others:
                 if other is not None:
-                    _mismatch(path, node, other)
+                    _mismatch(where, node, other)
             return None
         for other in others:
             if isinstance(other, (dict, list, tuple)) or other is None:
-                _mismatch(path, node, other)
-        return f(path or "<root>", node, *others) if with_path else f(node, *others)
+                _mismatch(where, node, other)
+        return f(_path_str(where), node, *others) if with_path else f(node, *others)
 
-    return visit("", trees[0], trees[1:])
+    return visit(None, trees[0], trees[1:])
 
 
 def map(f, tree, *rest):
