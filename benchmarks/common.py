@@ -1,0 +1,212 @@
+"""Timing helpers shared by every benchmark: warm-up, interleaved repeats, median/min/max.
+
+One helper, :func:`measure`, times everything that runs in this process. It takes several
+callables at once and runs their repeats round-robin (a repeat of A, a repeat of B, a repeat
+of A, ...), so a slow drift of the machine (another process, thermal state, frequency)
+affects all of them alike, and a ratio of two of them measured by one call is meaningful.
+:func:`run_fresh` times things that need a fresh interpreter (import time, first step).
+
+Each figure is a :class:`Stats`: the median of the repeats, with their min and max.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How long to measure: warm-up time per callable, number of repeats, time per repeat."""
+
+    warmup_s: float
+    repeats: int
+    repeat_s: float
+    fresh_runs: int  # fresh-interpreter runs for import and first-step times
+    settle_s: float  # idle time before each timed block (see measure)
+
+
+FULL = Settings(warmup_s=0.5, repeats=9, repeat_s=0.2, fresh_runs=5, settle_s=1.0)
+QUICK = Settings(warmup_s=0.1, repeats=5, repeat_s=0.05, fresh_runs=2, settle_s=0.3)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """The median, min and max of a set of samples (all in the same unit)."""
+
+    median: float
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, samples) -> "Stats":
+        """Stats of a non-empty sequence of numbers."""
+        samples = list(samples)
+        return cls(statistics.median(samples), min(samples), max(samples))
+
+    def map(self, f: Callable[[float], float]) -> "Stats":
+        """Apply a monotonic function to each figure; a decreasing one (such as a rate from a
+        time) swaps min and max so that ``min <= median <= max`` still holds."""
+        low, high = sorted((f(self.min), f(self.max)))
+        return Stats(f(self.median), low, high)
+
+    def as_dict(self) -> dict:
+        """``{"median", "min", "max"}``, for the JSON report."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call of one callable, one sample per repeat."""
+
+    samples: tuple
+
+    @property
+    def seconds(self) -> Stats:
+        """Seconds per call."""
+        return Stats.of(self.samples)
+
+    def per_second(self, items_per_call: float = 1.0) -> Stats:
+        """Items per second (for example samples/s for a training step on a batch)."""
+        return self.seconds.map(lambda s: items_per_call / s)
+
+    def ratio_to(self, other: "Timing") -> Stats:
+        """Speed of ``self`` relative to ``other`` (above 1: faster), from paired repeats.
+
+        Repeat ``i`` of both ran next to each other (see :func:`measure`), so each pair sees
+        the same machine state; the ratio is taken per pair, then summarised.
+        """
+        return Stats.of(o / s for s, o in zip(self.samples, other.samples))
+
+
+def _calls_per_second(fn: Callable[[], object], seconds: float) -> float:
+    """Call ``fn`` once (first-call costs such as compilation are not counted), then for about
+    ``seconds`` (at least twice); return the calls per second seen."""
+    fn()
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if calls >= 2 and elapsed >= seconds:
+            return calls / elapsed
+
+
+def _time_calls(fn: Callable[[], object], number: int) -> float:
+    """Seconds per call over ``number`` back-to-back calls."""
+    start = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - start) / number
+
+
+def measure(cases: dict[str, Callable[[], object]], settings: Settings) -> dict[str, Timing]:
+    """Time each zero-argument callable of ``cases``; returns a :class:`Timing` per name.
+
+    Each callable is first warmed up for ``settings.warmup_s`` seconds, which also sets how
+    many calls make one repeat (about ``settings.repeat_s`` seconds). Then the repeats run
+    round-robin over the cases, starting each round with the next case, so that no case
+    always follows the same neighbour.
+
+    Before each warm-up and each timed block the process sleeps ``settings.settle_s``
+    seconds, so that the worker threads of the previous case's library stop spinning:
+    OpenBLAS threads keep spinning for a while after a matrix product and take a core from
+    whatever runs next (on the 2-core machine PyTorch ran at half speed right after numpy;
+    a one-second pause removed that). A callable must finish its work before it returns
+    (block on asynchronous results).
+    """
+    names = list(cases)
+
+    def settled(fn, *args):
+        time.sleep(settings.settle_s)
+        return fn(*args)
+
+    number = {
+        name: max(1, math.ceil(settings.repeat_s * settled(_calls_per_second, cases[name], settings.warmup_s)))
+        for name in names
+    }
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(settings.repeats):
+        for i in range(len(names)):
+            name = names[(r + i) % len(names)]
+            samples[name].append(settled(_time_calls, cases[name], number[name]))
+    return {name: Timing(tuple(samples[name])) for name in names}
+
+
+def run_fresh(code: str, runs: int, *, timeout: float = 600) -> list[dict]:
+    """Run ``python -c code`` ``runs`` times, each in a fresh interpreter (same environment,
+    so the same thread settings); the code prints one JSON object on its last line of
+    stdout. Returns the parsed objects. Raises ``RuntimeError`` with the child's stderr if
+    a run fails.
+    """
+    results = []
+    for _ in range(runs):
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"fresh-interpreter run failed (exit {proc.returncode}):\n{proc.stderr.strip()}")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return results
+
+
+def _machine_busy_seconds() -> float | None:
+    """CPU seconds all processes have spent busy since boot (Linux ``/proc/stat``), or None."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (ticks + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    """CPU seconds used by this process and the child processes it has waited for."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class CpuMeter:
+    """Measures how much of the machine other processes used since the meter was made.
+
+    Benchmarks on a small machine are only meaningful when nothing else runs: with every
+    core in a BLAS pool, one busy core elsewhere can slow a multi-threaded matrix product
+    many times over.
+    """
+
+    def __init__(self):
+        self._start = (time.perf_counter(), _machine_busy_seconds(), _own_cpu_seconds())
+
+    def foreign_share(self) -> float | None:
+        """Fraction of the machine's capacity (all cores) used by other processes, or None
+        where it cannot be measured."""
+        wall0, busy0, own0 = self._start
+        busy = _machine_busy_seconds()
+        if busy is None or busy0 is None:
+            return None
+        foreign = (busy - busy0) - (_own_cpu_seconds() - own0)
+        return max(0.0, foreign) / ((time.perf_counter() - wall0) * (os.cpu_count() or 1))
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
+
+    def line(row):
+        cells = [str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([line(header), "-" * len(line(header))] + [line(row) for row in rows])
+
+
+def fmt_stats(stats: Stats, digits: int = 0) -> str:
+    """``"median (min-max)"`` with ``digits`` decimals and thousands separators."""
+    return f"{stats.median:,.{digits}f} ({stats.min:,.{digits}f}-{stats.max:,.{digits}f})"
