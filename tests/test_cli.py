@@ -66,3 +66,22 @@ def test_errors_are_reported_without_a_traceback(tmp_path):
     assert "tinyfn eval: error:" in result.stderr and "Traceback" not in result.stderr
     result = subprocess.run([sys.executable, "-m", "tinyfn.cli", "train", "mnist", "--out", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2 and "--data DIR" in result.stderr
+
+
+def test_train_mnist_runs_the_cnn_on_idx_files(tmp_path, capsys):
+    import gzip
+
+    from test_datasets import _idx_bytes
+
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 48), ("t10k", 12)):
+        (tmp_path / f"{prefix}-images-idx3-ubyte.gz").write_bytes(
+            gzip.compress(_idx_bytes(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), 0x08))
+        )
+        (tmp_path / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx_bytes(rng.integers(0, 10, n, dtype=np.uint8), 0x08))
+    out = tmp_path / "run"
+    assert main(["train", "mnist", "--data", str(tmp_path), "--epochs", "1", "--batch-size", "16", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "conv2d" in printed.lower() and "(N, 64, 12, 12)" in printed
+    params = checkpoint.load(out / "checkpoint.msgpack")["state"]["params"]
+    assert params["conv2d_0"]["w"].shape == (32, 1, 3, 3)

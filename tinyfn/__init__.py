@@ -2,10 +2,14 @@
 
 The public API in one place; every submodule can also be imported on its own:
 ``tree`` (pytrees), ``random`` (explicit keys), ``ops`` (primitives), ``layers``,
-``losses``, ``optim``, ``train``, ``datasets``, ``checkpoint``, ``viz``, ``testing``.
+``conv`` (convolutional layers), ``losses``, ``optim``, ``train``, ``datasets``,
+``checkpoint``, ``viz``, ``testing``, ``kernels`` (the Numba kernels).
+
+Importing tinyfn imports :mod:`tinyfn.kernels`, which asks glibc's malloc to keep freed
+memory for reuse (see :mod:`tinyfn.kernels.memory`; ``TINYFN_KEEP_FREED_MEMORY=0`` opts out).
 """
 
-from . import datasets, initializers, layers, losses, ops, optim, random, train, tree
+from . import checkpoint, conv, datasets, initializers, kernels, layers, losses, ops, optim, random, train, tree
 from .autodiff import Node, Primitive, grad, value_and_grad, vjp
 from .graph import Graph, graph
 
@@ -19,8 +23,11 @@ __all__ = [
     "vjp",
     "graph",
     "Graph",
+    "checkpoint",
+    "conv",
     "datasets",
     "initializers",
+    "kernels",
     "layers",
     "losses",
     "ops",

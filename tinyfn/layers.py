@@ -275,8 +275,9 @@ def _make_combinator(name, layers, init_children, apply_children) -> Layer:
     """Build a combinator from functions over all children.
 
     ``init_children(keys, input_shape) -> (output_shape, [(out_shape, params, state) per child])``
-    and ``apply_children(params_list, x, states, keys, train) -> (y, new_states)``. This
-    function handles naming, key splitting and the stateless/stateful signatures.
+    and ``apply_children(params_list, x, states, keys, train) -> (y, new_states)``, where
+    ``states`` is None when no child has state. This function handles naming, key splitting
+    and the stateless/stateful signatures.
     """
     _check_layers(name, layers)
     names = _child_names(layers)
@@ -295,8 +296,7 @@ def _make_combinator(name, layers, init_children, apply_children) -> Layer:
         return y, {n: s for n, s in zip(names, new_states) if s}
 
     def apply(params, x, *, key=None, train=False):
-        child_params = [params.get(n, {}) for n in names]
-        y, _ = apply_children(child_params, x, [{}] * len(layers), _split_keys(key, len(layers)), train)
+        y, _ = apply_children([params.get(n, {}) for n in names], x, None, _split_keys(key, len(layers)), train)
         return y
 
     return Layer(init, apply_stateful if stateful else apply, name=name, stateful=stateful, children=zip(names, layers))
@@ -321,6 +321,10 @@ def serial(*layers: Layer) -> Layer:
         return shape, results
 
     def apply_children(params, x, states, keys, train):
+        if states is None:  # no state anywhere: the plain loop (the inference hot path)
+            for layer, p, k in zip(layers, params, keys):
+                x = layer.apply(p, x, key=k, train=train)
+            return x, None
         new_states = []
         for layer, p, s, k in zip(layers, params, states, keys):
             x, s = apply_with_state(layer, p, x, s, key=k, train=train)
@@ -344,6 +348,7 @@ def parallel(*layers: Layer) -> Layer:
     def apply_children(params, xs, states, keys, train):
         if len(xs) != len(layers):
             raise ValueError(f"parallel: expected {len(layers)} inputs, found {len(xs)}")
+        states = states or [{}] * len(layers)
         outs = [apply_with_state(layer, p, x, s, key=k, train=train) for layer, p, x, s, k in zip(layers, params, xs, states, keys)]
         return tuple(y for y, _ in outs), [s for _, s in outs]
 
@@ -416,7 +421,7 @@ def residual(layer: Layer) -> Layer:
         return tuple(input_shape), [result]
 
     def apply_children(params, x, states, keys, train):
-        y, s = apply_with_state(layer, params[0], x, states[0], key=keys[0], train=train)
+        y, s = apply_with_state(layer, params[0], x, states[0] if states else {}, key=keys[0], train=train)
         return ops.add(x, y), [s]
 
     return _make_combinator("residual", [layer], init_children, apply_children)

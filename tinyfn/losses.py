@@ -27,11 +27,11 @@ def _reduce(per_item: np.ndarray, reduction: str):
     return total / per_item.size if reduction == "mean" and per_item.size else total
 
 
-def _expand_cotangent(g, shape, count, reduction):
-    """The cotangent of each per-item loss, from the cotangent of the reduced loss."""
-    if reduction == "none":
-        return g
-    return np.broadcast_to(g / count if reduction == "mean" else g, shape)
+def _item_cotangent(g, count: int, reduction: str):
+    """The cotangent of each per-item loss, from the cotangent ``g`` of the reduced loss: a
+    scalar that broadcasts over the items (``g / count`` for a mean, ``g`` for a sum), or
+    ``g`` itself, one entry per item, when nothing was reduced."""
+    return g / count if reduction == "mean" else g
 
 
 def _value(x):
@@ -62,7 +62,8 @@ def _sce_forward(logits, labels, *, reduction):
 
 def _sce_vjp(g, res, needs):
     log_p, labels, item_shape, reduction = res
-    g_items = _expand_cotangent(g, item_shape, int(np.prod(item_shape)), reduction)[..., None]
+    g_items = _item_cotangent(g, int(np.prod(item_shape)), reduction)
+    g_items = g_items[..., None] if np.ndim(g_items) else g_items  # broadcast over the classes
     g_logits = g_labels = None
     if needs[0]:
         # d/dlogits = softmax(logits) * sum(labels) - labels, which is p - onehot for class labels
@@ -118,7 +119,7 @@ def _bce_forward(logits, labels, *, reduction):
 
 def _bce_vjp(g, res, needs):
     logits, labels, reduction = res
-    g_items = _expand_cotangent(g, np.shape(logits), np.size(logits), reduction)
+    g_items = _item_cotangent(g, np.size(logits), reduction)
     e = np.exp(-np.abs(logits))
     sigmoid = np.where(logits >= 0, 1 / (1 + e), e / (1 + e))
     return (
@@ -159,7 +160,7 @@ def _mse_forward(predictions, targets, *, reduction):
 
 def _mse_vjp(g, res, needs):
     diff, reduction = res
-    g_diff = 2 * diff * _expand_cotangent(g, diff.shape, diff.size, reduction)
+    g_diff = 2 * diff * _item_cotangent(g, diff.size, reduction)
     return (g_diff if needs[0] else None, -g_diff if needs[1] else None)
 
 

@@ -11,9 +11,9 @@ from typing import Callable
 
 import numpy as np
 
-from . import datasets, layers, losses, ops, random
+from . import conv, datasets, layers, losses, ops, random
 
-__all__ = ["Task", "Data", "TASKS", "get_task"]
+__all__ = ["Task", "Data", "TASKS", "get_task", "mnist_cnn"]
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,26 @@ def _digits(seed, data_dir=None) -> Data:
 def _mnist(seed, data_dir=None) -> Data:
     if data_dir is None:
         raise ValueError("the mnist task needs the folder of the MNIST IDX files: tinyfn train mnist --data DIR")
-    x_train, y_train, x_test, y_test = datasets.mnist(data_dir)
-    return Data(x_train.reshape(len(x_train), -1), y_train, x_test.reshape(len(x_test), -1), y_test)
+    return Data(*datasets.mnist(data_dir))
+
+
+def mnist_cnn() -> layers.Layer:
+    """The classic PyTorch MNIST example network: (N, 1, 28, 28) images -> (N, 10) logits.
+
+    conv 3x3 32 - ReLU - conv 3x3 64 - ReLU - max-pool 2 - dropout 0.25 - flatten -
+    dense 128 - ReLU - dropout 0.5 - dense 10.
+    """
+    return layers.serial(
+        conv.Conv2D(32, 3, activation="relu"),  # -> (N, 32, 26, 26)
+        conv.Conv2D(64, 3, activation="relu"),  # -> (N, 64, 24, 24)
+        conv.MaxPool2D(2),  # -> (N, 64, 12, 12)
+        layers.Dropout(0.25),
+        layers.Flatten(),
+        layers.Dense(128),
+        layers.Relu(),
+        layers.Dropout(0.5),
+        layers.Dense(10),
+    )
 
 
 def _binary_loss(logits, y):
@@ -109,11 +127,11 @@ TASKS = {
         ),
         Task(
             "mnist",
-            "MNIST or Fashion-MNIST from IDX files (--data DIR), a 784-256-10 ReLU network",
+            "MNIST or Fashion-MNIST from IDX files (--data DIR), the PyTorch example CNN",
             _mnist,
-            lambda: layers.serial(layers.Dense(256), layers.Relu(), layers.Dense(10)),
+            mnist_cnn,
             losses.softmax_cross_entropy,
-            epochs=10,
+            epochs=2,
             batch_size=64,
             lr=0.05,
         ),

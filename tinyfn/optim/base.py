@@ -23,6 +23,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from .. import tree
+from ..kernels.elementwise import sgd_update
 
 __all__ = [
     "LEARNING_RATE_KEY",
@@ -75,12 +76,34 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     return GradientTransformation(init, update)
 
 
-def _check_same_shape(path: str, param: np.ndarray, other: np.ndarray, what: str) -> None:
-    """Refuse to broadcast: a gradient or update must have exactly its parameter's shape."""
-    if param.shape != other.shape:
-        raise tree.TreeMismatchError(
-            f"{what} at '{path}' has shape {other.shape}, expected the parameter's shape {param.shape}"
-        )
+class _ShapeMismatch(Exception):
+    pass
+
+
+def _leafwise(combine, params, others, what: str):
+    """``combine(param, other)`` for each pair of leaves, as a new tree of read-only arrays.
+
+    Refuses to broadcast: each ``other`` leaf must have exactly its parameter's shape. The
+    error names the path; it is worked out only when a mismatch is found, so the common case
+    costs one plain tree traversal.
+    """
+
+    def one(param, other):
+        if np.shape(param) != np.shape(other):
+            raise _ShapeMismatch
+        new = combine(param, other)
+        new.flags.writeable = False
+        return new
+
+    try:
+        return tree.map(one, params, others)
+    except _ShapeMismatch:
+        for (path, param), (_, other) in zip(tree.leaves_with_path(params), tree.leaves_with_path(others)):
+            if np.shape(param) != np.shape(other):
+                raise tree.TreeMismatchError(
+                    f"{what} at '{path}' has shape {np.shape(other)}, expected the parameter's shape {np.shape(param)}"
+                ) from None
+        raise
 
 
 def apply_updates(params, updates):
@@ -90,15 +113,8 @@ def apply_updates(params, updates):
     float32 parameters). Raises :class:`tinyfn.tree.TreeMismatchError` naming the path if the
     trees or a leaf's shape differ.
     """
-
-    def add(path, param, update):
-        _check_same_shape(path, param, update, "update")
-        # asarray: for 0-d parameters numpy returns a scalar, which cannot be made read-only
-        new = np.asarray(np.add(param, update, dtype=param.dtype))
-        new.flags.writeable = False
-        return new
-
-    return tree.map_with_path(add, params, updates)
+    # asarray: for 0-d parameters numpy returns a scalar, which cannot be made read-only
+    return _leafwise(lambda p, u: np.asarray(np.add(p, u, dtype=p.dtype)), params, updates, "update")
 
 
 def sgd_step(params, grads, lr: float):
@@ -109,18 +125,12 @@ def sgd_step(params, grads, lr: float):
     the inputs are untouched. Raises :class:`tinyfn.tree.TreeMismatchError` naming the path
     if the trees or a leaf's shape differ.
 
-    The lean hot path of training loops: one tree traversal, a multiply and a subtract per leaf.
-    The optimizer ``sgd(lr)`` computes the same numbers with a state and a transformation chain.
+    The lean hot path of training loops: one tree traversal and one fused pass over each
+    leaf (:func:`tinyfn.kernels.elementwise.sgd_update`). The optimizer ``sgd(lr)`` computes
+    the same numbers with a state and a transformation chain.
     """
-    lr = float(lr)  # a numpy float64 lr would make lr * grad a float64 temporary
-
-    def step(path, param, grad):
-        _check_same_shape(path, param, grad, "gradient")
-        new = np.asarray(np.subtract(param, lr * grad, dtype=param.dtype))
-        new.flags.writeable = False
-        return new
-
-    return tree.map_with_path(step, params, grads)
+    lr = float(lr)
+    return _leafwise(lambda p, g: sgd_update(np.asarray(p), np.asarray(g), lr), params, grads, "gradient")
 
 
 def current_learning_rate(state) -> float:

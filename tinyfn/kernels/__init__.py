@@ -1,0 +1,54 @@
+"""Numba kernels for the hot loops of convolutional networks, one topic a file.
+
+* :mod:`~tinyfn.kernels.conv`: im2col/col2im kernels, convolution and its VJPs (BLAS products);
+* :mod:`~tinyfn.kernels.pool`: max pooling kernels; average pooling through im2col/col2im;
+* :mod:`~tinyfn.kernels.activation`: the fused bias + ReLU that ends a convolution, and its VJP;
+* :mod:`~tinyfn.kernels.memory`: keeps freed memory for reuse (no page faults on the big
+  temporaries of each step; see there, and set ``TINYFN_KEEP_FREED_MEMORY=0`` to opt out);
+* :mod:`~tinyfn.kernels.reference`: plain-numpy versions of all of the above, for the tests.
+
+Kernels are compiled lazily (on first call, once per dtype; the max-pooling kernel also once
+per window and stride) and cached on disk next to the source (set ``NUMBA_CACHE_DIR`` to put
+the cache elsewhere): a cold start compiles the six kernels of a small CNN in about 4 s, a
+warm one loads them in about 0.3 s. Loops over the batch run in
+parallel on all cores (Numba's ``prange``); set ``NUMBA_NUM_THREADS`` to limit them.
+These functions take and return plain numpy arrays; the differentiable primitives built on
+them are in :mod:`tinyfn.conv`.
+"""
+
+from . import activation, conv, memory, pool, reference
+from .activation import bias_relu_, bias_relu_vjp
+from .conv import (
+    col2im,
+    conv2d,
+    conv2d_from_cols,
+    conv2d_input_vjp,
+    conv2d_weight_vjp,
+    im2col,
+    output_size,
+    transposed_output_size,
+)
+from .pool import avg_pool2d, avg_pool2d_vjp, max_pool2d, max_pool2d_vjp, pool_output_shape
+
+__all__ = [
+    "activation",
+    "conv",
+    "memory",
+    "pool",
+    "reference",
+    "im2col",
+    "col2im",
+    "output_size",
+    "transposed_output_size",
+    "conv2d",
+    "conv2d_from_cols",
+    "conv2d_input_vjp",
+    "conv2d_weight_vjp",
+    "pool_output_shape",
+    "max_pool2d",
+    "max_pool2d_vjp",
+    "avg_pool2d",
+    "avg_pool2d_vjp",
+    "bias_relu_",
+    "bias_relu_vjp",
+]
