@@ -126,7 +126,6 @@ def tinyfn_step(weights, x, y, fused: bool = True):
 def torch_step(weights, x, y):
     """PyTorch eager with ``torch.optim.SGD`` (which updates the weights in place)."""
     import torch
-    import torch.nn.functional as F
 
     nn = torch.nn
     model = nn.Sequential(
@@ -138,17 +137,7 @@ def torch_step(weights, x, y):
         for layer, (w, b) in zip([model[0], model[3], model[7]], weights):
             layer.weight.copy_(torch.from_numpy(w.T if w.ndim == 2 else w))  # Linear stores (out, in)
             layer.bias.copy_(torch.from_numpy(b))
-    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(xt), yt)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    return step
+    return common.torch_sgd_step(model, x, y, LEARNING_RATE)
 
 
 STEPS = {

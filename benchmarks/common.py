@@ -210,3 +210,22 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 def fmt_stats(stats: Stats, digits: int = 0) -> str:
     """``"median (min-max)"`` with ``digits`` decimals and thousands separators."""
     return f"{stats.median:,.{digits}f} ({stats.min:,.{digits}f}-{stats.max:,.{digits}f})"
+
+
+def torch_sgd_step(model, x, y, learning_rate: float):
+    """A PyTorch eager training step on numpy arrays ``x`` and integer labels ``y``: zero the
+    gradients, cross-entropy, backward, ``torch.optim.SGD`` update. Returns ``step() -> loss``."""
+    import torch
+    import torch.nn.functional as F
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(xt), yt)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step

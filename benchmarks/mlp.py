@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import common
 import numpy as np
 
 import tinyfn
@@ -175,7 +176,6 @@ def numpy_impl(params: list, in_place: bool = False) -> Impl:
 def torch_impl(params: list) -> Impl:
     """PyTorch eager with ``torch.optim.SGD`` (which updates the weights in place)."""
     import torch
-    import torch.nn.functional as F
 
     def build():
         modules = []
@@ -188,18 +188,7 @@ def torch_impl(params: list) -> Impl:
         return torch.nn.Sequential(*modules)
 
     def make_step(x, y):
-        model = build()
-        optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE)
-        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xt), yt)
-            loss.backward()
-            optimizer.step()
-            return loss.detach()
-
-        return step
+        return common.torch_sgd_step(build(), x, y, LEARNING_RATE)
 
     def make_predict(x):
         model, xt = build(), torch.from_numpy(x)
