@@ -1,8 +1,9 @@
-"""Numba kernels for the hot loops of convolutional networks, one topic a file.
+"""Numba kernels for the hot loops, one topic a file.
 
 * :mod:`~tinyfn.kernels.conv`: im2col/col2im kernels, convolution and its VJPs (BLAS products);
 * :mod:`~tinyfn.kernels.pool`: max pooling kernels; average pooling through im2col/col2im;
 * :mod:`~tinyfn.kernels.activation`: the fused bias + ReLU that ends a convolution, and its VJP;
+* :mod:`~tinyfn.kernels.elementwise`: the fused SGD update and ReLU VJP of the dense path;
 * :mod:`~tinyfn.kernels.memory`: keeps freed memory for reuse (no page faults on the big
   temporaries of each step; see there, and set ``TINYFN_KEEP_FREED_MEMORY=0`` to opt out);
 * :mod:`~tinyfn.kernels.reference`: plain-numpy versions of all of the above, for the tests.
@@ -16,7 +17,7 @@ These functions take and return plain numpy arrays; the differentiable primitive
 them are in :mod:`tinyfn.conv`.
 """
 
-from . import activation, conv, memory, pool, reference
+from . import activation, conv, elementwise, memory, pool, reference
 from .activation import bias_relu_, bias_relu_vjp
 from .conv import (
     col2im,
@@ -33,6 +34,7 @@ from .pool import avg_pool2d, avg_pool2d_vjp, max_pool2d, max_pool2d_vjp, pool_o
 __all__ = [
     "activation",
     "conv",
+    "elementwise",
     "memory",
     "pool",
     "reference",
