@@ -12,6 +12,12 @@ from tinyfn.testing import shapes
 FLOATS = st.sampled_from([np.float32, np.float64])
 
 
+@pytest.fixture(autouse=True)
+def kernels_for_every_size(monkeypatch):
+    """Send even the small generated arrays through the kernels, not the numpy fallback."""
+    monkeypatch.setattr(elementwise, "_MIN_KERNEL_SIZE", 1)
+
+
 @given(data=st.data(), shape=shapes(max_dims=3, max_side=6), dtype=FLOATS, lr=st.floats(1e-4, 2.0))
 def test_sgd_update_kernel_matches_numpy_bitwise(data, shape, dtype, lr):
     finite = st.floats(-1e3, 1e3, width=32)

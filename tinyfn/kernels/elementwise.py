@@ -8,8 +8,8 @@ The kernels take 1-D C-contiguous arrays (callers pass ``a.reshape(-1)`` views),
 compiles once per dtype, lazily on first call, and is cached on disk. They run on one thread:
 a parallel loop competes with BLAS's worker threads, which stay busy right after a matrix
 product. :func:`sgd_update` and :func:`relu_vjp` wrap them with a plain-numpy fallback for
-arrays the kernels do not take (other dtypes, non-contiguous, mixed dtypes); the tests check
-kernel and fallback against each other.
+arrays the kernels do not take (small, other dtypes, non-contiguous, mixed dtypes); the tests
+check kernel and fallback against each other.
 """
 
 from __future__ import annotations
@@ -36,13 +36,19 @@ def _relu_vjp_kernel(g, y):
     return out
 
 
-def _kernel_ready(*arrays) -> bool:
-    """True when the arrays are C-contiguous, non-empty, of one float dtype and one shape."""
-    first = arrays[0]
+# Below this many elements numpy's two passes stay in cache and beat the cost of a kernel call.
+_MIN_KERNEL_SIZE = 16384
+
+
+def _kernel_ready(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when ``a`` and ``b`` are large, C-contiguous, of one float dtype and one shape."""
     return (
-        first.dtype in (np.float32, np.float64)
-        and first.size > 0
-        and all(a.dtype == first.dtype and a.shape == first.shape and a.flags.c_contiguous for a in arrays)
+        a.size >= _MIN_KERNEL_SIZE
+        and a.dtype == b.dtype
+        and a.dtype in (np.float32, np.float64)
+        and a.shape == b.shape
+        and a.flags.c_contiguous
+        and b.flags.c_contiguous
     )
 
 
