@@ -417,6 +417,14 @@ def batch_norm(x, gamma, beta, axis: int = 1, eps: float = 1e-5):
 # ----------------------------------------------------------------------------- layers
 
 
+def _conv_params(key, w_init, w_shape, bias_size: int, dtype) -> dict:
+    """Read-only ``{"w": w_init(key, w_shape), "b": zeros(bias_size)}`` (no ``"b"`` when ``bias_size`` is 0)."""
+    params = {"w": w_init(key, w_shape, dtype)}
+    if bias_size:
+        params["b"] = np.zeros(bias_size, dtype)
+    return tree.freeze(params)
+
+
 def Conv2D(
     out_channels: int, kernel_size, stride=1, padding=0, dilation=1, groups=1, use_bias=True, w_init=None, activation=None, dtype=np.float32
 ) -> Layer:
@@ -451,10 +459,7 @@ def Conv2D(
             out_shape = conv2d_output_shape(input_shape, w_shape, stride, padding, dilation, groups)
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from e
-        params = {"w": w_init(key, w_shape, dtype)}
-        if use_bias:
-            params["b"] = np.zeros(out_channels, dtype)
-        return out_shape, tree.freeze(params)
+        return out_shape, _conv_params(key, w_init, w_shape, out_channels if use_bias else 0, dtype)
 
     def apply(params, x, *, key=None, train=False):
         return conv2d(x, params["w"], params.get("b"), stride, padding, dilation, groups, activation)
@@ -490,10 +495,7 @@ def ConvTranspose2D(
             out_shape = conv_transpose2d_output_shape(input_shape, w_shape, **config)
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from e
-        params = {"w": w_init(key, w_shape, dtype)}
-        if use_bias:
-            params["b"] = np.zeros(out_channels, dtype)
-        return out_shape, tree.freeze(params)
+        return out_shape, _conv_params(key, w_init, w_shape, out_channels if use_bias else 0, dtype)
 
     def apply(params, x, *, key=None, train=False):
         return conv_transpose2d(x, params["w"], params.get("b"), **config)
