@@ -103,24 +103,11 @@ def make_data(batch: int = BATCH, seed: int = 0):
 def tinyfn_step(weights, x, y, fused: bool = True):
     """tinyfn as a user writes it."""
     import tinyfn
-    from tinyfn.optim import sgd_step
 
     model = tinyfn_model(fused)
     names = ("conv2d_0", "conv2d_2", "dense_5") if fused else ("conv2d_0", "conv2d_3", "dense_7")
     params = tinyfn.tree.freeze({name: {"w": w, "b": b} for name, (w, b) in zip(names, weights)})
-
-    def loss_fn(params, x, y):
-        return tinyfn.losses.softmax_cross_entropy(model.apply(params, x), y)
-
-    loss_and_grads = tinyfn.value_and_grad(loss_fn)
-
-    def step():
-        nonlocal params
-        loss, grads = loss_and_grads(params, x, y)
-        params = sgd_step(params, grads, LEARNING_RATE)
-        return loss
-
-    return step
+    return common.tinyfn_sgd_step(model, params, x, y, LEARNING_RATE)
 
 
 def torch_step(weights, x, y):

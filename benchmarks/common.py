@@ -229,3 +229,24 @@ def torch_sgd_step(model, x, y, learning_rate: float):
         return loss.detach()
 
     return step
+
+
+def tinyfn_sgd_step(model, params, x, y, learning_rate: float):
+    """A tinyfn training step as a user writes it: ``value_and_grad`` of the softmax
+    cross-entropy of ``model.apply``, then ``optim.sgd_step``. The parameters are carried from
+    step to step inside the closure. Returns ``step() -> loss``."""
+    import tinyfn
+    from tinyfn.optim import sgd_step
+
+    def loss_fn(params, x, y):
+        return tinyfn.losses.softmax_cross_entropy(model.apply(params, x), y)
+
+    loss_and_grads = tinyfn.value_and_grad(loss_fn)
+
+    def step():
+        nonlocal params
+        loss, grads = loss_and_grads(params, x, y)
+        params = sgd_step(params, grads, learning_rate)
+        return loss
+
+    return step

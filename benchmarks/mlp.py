@@ -74,26 +74,11 @@ class Impl:
 
 def tinyfn_impl(params: list) -> Impl:
     """tinyfn as a user writes it."""
-    from tinyfn.optim import sgd_step
-
     model = tinyfn_model()
     tree = tinyfn.tree.freeze({f"dense_{2 * i}": {"w": w, "b": b} for i, (w, b) in enumerate(params)})
 
-    def loss_fn(params, x, y):
-        return tinyfn.losses.softmax_cross_entropy(model.apply(params, x), y)
-
-    loss_and_grads = tinyfn.value_and_grad(loss_fn)
-
     def make_step(x, y):
-        state = tree
-
-        def step():
-            nonlocal state
-            loss, grads = loss_and_grads(state, x, y)
-            state = sgd_step(state, grads, LEARNING_RATE)
-            return loss
-
-        return step
+        return common.tinyfn_sgd_step(model, tree, x, y, LEARNING_RATE)
 
     def make_predict(x):
         return lambda: model.apply(tree, x)

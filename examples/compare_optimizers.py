@@ -24,7 +24,7 @@ def run(flags, seed, folder):
     tinyfn_command(["train", "digits", *flags, "--seed", str(seed), "--out", str(folder), "--no-progress"])
     saved = checkpoint.load(folder / "checkpoint.msgpack")
     accuracy = checkpoint.read_metadata(folder / "checkpoint.msgpack")["test_accuracy"]
-    return accuracy, {name: np.asarray(values).tolist() for name, values in saved["history"].items()}
+    return accuracy, saved["history"]
 
 
 def main(out_png=Path("sgd-vs-adam.png"), seeds=range(5)):

@@ -19,8 +19,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from . import checkpoint, datasets, optim, random, train
 from .layers import summary
 from .tasks import TASKS, get_task
@@ -130,7 +128,7 @@ def cmd_train(args) -> int:
     test = train.evaluate(train.predictor(model, state), [(data.x_test, data.y_test)], task.loss)
     checkpoint.save(
         out / "checkpoint.msgpack",
-        {"state": state, "history": {name: np.asarray(values) for name, values in history.items()}},
+        train.snapshot(state, history),
         metadata={"config": config, "epoch": history["epoch"][-1], "test_accuracy": test["accuracy"]},
     )
     _write_outputs(out, history, f"tinyfn train {task.name} ({args.optimizer}, seed {args.seed})")

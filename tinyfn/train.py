@@ -36,6 +36,7 @@ __all__ = [
     "evaluate",
     "train_epochs",
     "early_stopping",
+    "snapshot",
     "save_checkpoints",
 ]
 
@@ -229,6 +230,12 @@ def early_stopping(monitor: str = "val_accuracy", patience: int = 5, mode: str =
     return hook
 
 
+def snapshot(state: dict, history: dict) -> dict:
+    """The tree a checkpoint of a run stores: ``{"state": state, "history": ...}`` with each
+    per-epoch history list as one array (one leaf per quantity rather than one per epoch)."""
+    return {"state": state, "history": {name: np.asarray(values) for name, values in history.items()}}
+
+
 def save_checkpoints(run_dir, every: int = 1, monitor: str | None = "val_accuracy", mode: str = "max", metadata=None):
     """A hook writing ``{"state", "history"}`` to ``run_dir/checkpoint.msgpack`` every ``every``
     epochs, and to ``run_dir/best.msgpack`` when ``history[monitor]`` is the best so far.
@@ -241,11 +248,11 @@ def save_checkpoints(run_dir, every: int = 1, monitor: str | None = "val_accurac
 
     def hook(state, history):
         info = {**(metadata or {}), "epoch": history["epoch"][-1]}
-        snapshot = {"state": state, "history": {name: np.asarray(values) for name, values in history.items()}}
+        contents = snapshot(state, history)
         if info["epoch"] % every == 0:
-            checkpoint.save(run_dir / "checkpoint.msgpack", snapshot, metadata=info)
+            checkpoint.save(run_dir / "checkpoint.msgpack", contents, metadata=info)
         if monitor is not None and monitor in history and _best_epoch(history[monitor], mode) == len(history[monitor]) - 1:
-            checkpoint.save(run_dir / "best.msgpack", snapshot, metadata=info)
+            checkpoint.save(run_dir / "best.msgpack", contents, metadata=info)
         return False
 
     return hook
