@@ -4,7 +4,10 @@ The same model, the same initial weights and the same random MNIST-shaped batch 
 framework:
 
 * ``tinyfn``: written the way a user would, ``value_and_grad`` of a loss built from
-  ``model.apply`` and ``losses.softmax_cross_entropy``, then ``optim.sgd_step``;
+  ``model.apply`` and ``losses.softmax_cross_entropy``, then ``optim.sgd_step``, with the
+  hidden layers written ``Dense(n, activation="relu")`` (the ReLU fused into the layer);
+* ``tinyfn-unfused``: the same with ``Dense(n), Relu()`` as separate layers, to show what
+  fusing saves;
 * ``numpy``: the floor, a hand-written forward and backward pass with no framework at all
   (float32 throughout, no gradient for the input batch), whose SGD update makes new weight
   arrays each step, as tinyfn's does;
@@ -49,9 +52,12 @@ def make_data(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return rng.random((batch, SIZES[0]), dtype=np.float32), rng.integers(0, SIZES[-1], batch)
 
 
-def tinyfn_model() -> tl.Layer:
-    """The benchmark's model as a tinyfn layer stack."""
-    hidden = [layer for n in SIZES[1:-1] for layer in (tl.Dense(n), tl.Relu())]
+def tinyfn_model(fused: bool = True) -> tl.Layer:
+    """The benchmark's model as a tinyfn layer stack (ReLUs fused into the dense layers or not)."""
+    if fused:
+        hidden = [tl.Dense(n, activation="relu") for n in SIZES[1:-1]]
+    else:
+        hidden = [layer for n in SIZES[1:-1] for layer in (tl.Dense(n), tl.Relu())]
     return tl.serial(*hidden, tl.Dense(SIZES[-1]))
 
 
@@ -72,10 +78,11 @@ class Impl:
 # ----------------------------------------------------------------------------- tinyfn
 
 
-def tinyfn_impl(params: list) -> Impl:
+def tinyfn_impl(params: list, fused: bool = True) -> Impl:
     """tinyfn as a user writes it."""
-    model = tinyfn_model()
-    tree = tinyfn.tree.freeze({f"dense_{2 * i}": {"w": w, "b": b} for i, (w, b) in enumerate(params)})
+    model = tinyfn_model(fused)
+    _, template = model.init(tinyfn.random.key(0), (-1, SIZES[0]))
+    tree = tinyfn.tree.freeze({name: {"w": w, "b": b} for name, (w, b) in zip(sorted(template), params)})
 
     def make_step(x, y):
         return common.tinyfn_sgd_step(model, tree, x, y, LEARNING_RATE)
@@ -236,6 +243,7 @@ def jax_impl(params: list) -> Impl:
 
 FRAMEWORKS: dict[str, tuple[str | None, Callable[[list], Impl]]] = {
     "tinyfn": (None, tinyfn_impl),
+    "tinyfn-unfused": (None, lambda params: tinyfn_impl(params, fused=False)),
     "numpy": (None, numpy_impl),
     "numpy-inplace": (None, lambda params: numpy_impl(params, in_place=True)),
     "torch": ("torch", torch_impl),

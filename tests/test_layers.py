@@ -3,11 +3,11 @@ dropout semantics, shape errors, the summary table."""
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from tinyfn import layers as L
-from tinyfn import random, tree
+from tinyfn import random, tree, vjp
 from tinyfn.testing import arrays, check_grads
 
 from gradient_registry import covers
@@ -26,6 +26,38 @@ def test_dense_gradient_for_inputs_and_params(data, batch, n_in, n_out):
     params["b"] = data.draw(arrays((n_out,)))
     x = data.draw(arrays((batch, n_in)))
     check_grads(lambda p, x: layer.apply(p, x), (params, x))
+
+
+@covers("dense")
+@given(data=st.data(), batch=st.integers(1, 4), n_in=st.integers(1, 5), n_out=st.integers(1, 4))
+def test_dense_with_fused_relu_gradient_for_inputs_and_params(data, batch, n_in, n_out):
+    layer = L.Dense(n_out, activation="relu")
+    _, params = _init64(layer, (-1, n_in))
+    params["b"] = data.draw(arrays((n_out,)))
+    x = data.draw(arrays((batch, n_in)))
+    pre_activation = x @ params["w"] + params["b"]
+    assume(np.abs(pre_activation).min() > 1e-3)  # finite differences need to stay off the kink at 0
+    check_grads(lambda p, x: layer.apply(p, x), (params, x))
+
+
+@given(data=st.data(), batch=st.integers(1, 4), n_in=st.integers(1, 5), n_out=st.integers(1, 4))
+def test_dense_with_relu_equals_dense_then_relu_forward_and_backward(data, batch, n_in, n_out):
+    fused, separate = L.Dense(n_out, activation="relu"), L.serial(L.Dense(n_out), L.Relu())
+    _, params = _init64(fused, (-1, n_in))
+    params["b"] = data.draw(arrays((n_out,)))
+    x = data.draw(arrays((batch, n_in)))
+    cotangent = data.draw(arrays((batch, n_out)))
+    y_fused, vjp_fused = vjp(lambda p, x: fused.apply(p, x), params, x)
+    y_separate, vjp_separate = vjp(lambda p, x: separate.apply({"dense_0": p}, x), params, x)
+    np.testing.assert_array_equal(y_fused, y_separate)
+    assert np.all(y_fused >= 0)
+    for a, b in zip(tree.leaves(vjp_fused(cotangent)), tree.leaves(vjp_separate(cotangent))):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_dense_refuses_an_unknown_activation():
+    with pytest.raises(ValueError, match=r"activation must be one of \(None, 'relu'\), found 'gelu'"):
+        L.Dense(3, activation="gelu")
 
 
 def test_dense_shapes_names_and_read_only_params():

@@ -78,12 +78,10 @@ class Primitive:
     def __call__(self, *args, **params):
         for a in args:
             if type(a) is Node:
-                return self._record(args, params)
-        return self.impl(*args, **params)
-
-    def _record(self, args, params):
-        values = [a.value if type(a) is Node else a for a in args]
-        out, residuals = self.forward(*values, **params)
+                break
+        else:  # no traced argument: just compute, recording nothing
+            return self.impl(*args, **params)
+        out, residuals = self.forward(*[a.value if type(a) is Node else a for a in args], **params)
         node = Node(out, self, args, residuals)
         if _tape is not None:
             _tape.append(node)
@@ -118,7 +116,10 @@ class Node:
 
     @property
     def shape(self):
-        return np.shape(self.value)
+        try:
+            return self.value.shape
+        except AttributeError:  # a Python scalar
+            return ()
 
     @property
     def dtype(self):

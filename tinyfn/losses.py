@@ -23,7 +23,7 @@ def _check_reduction(reduction: str) -> None:
 def _reduce(per_item: np.ndarray, reduction: str):
     if reduction == "none":
         return per_item
-    total = np.sum(per_item)
+    total = per_item.sum()
     return total / per_item.size if reduction == "mean" and per_item.size else total
 
 
@@ -41,41 +41,43 @@ def _value(x):
 # ----------------------------------------------------------------------------- softmax cross-entropy
 
 
-def _log_softmax(logits):
-    shifted = logits - np.max(logits, axis=-1, keepdims=True)
-    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
-
-
 def _picked(labels: np.ndarray) -> tuple:
     """Index of entry ``labels[i]`` in row i of a ``(..., C)`` array seen as ``(n, C)``."""
     return np.arange(labels.size), labels.reshape(-1)
 
 
 def _sce_forward(logits, labels, *, reduction):
-    log_p = _log_softmax(logits)
+    # log softmax = shifted - log(total), with the row maximum subtracted first so exp cannot overflow
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    total = exp.sum(axis=-1, keepdims=True)
+    log_total = np.log(total)
     if labels.dtype.kind in "iu":
-        per_item = -log_p.reshape(-1, log_p.shape[-1])[_picked(labels)].reshape(labels.shape)
+        # only the label's entry of log softmax is needed: no full (N, C) log-probability array
+        picked = shifted.reshape(-1, shifted.shape[-1])[_picked(labels)].reshape(labels.shape)
+        per_item = log_total.reshape(labels.shape) - picked
     else:
-        per_item = -np.sum(labels * log_p, axis=-1)
-    return _reduce(per_item, reduction), (log_p, labels, per_item.shape, reduction)
+        per_item = (labels * (log_total - shifted)).sum(axis=-1)
+    return _reduce(per_item, reduction), (shifted, exp, total, log_total, labels, per_item.size, reduction)
 
 
 def _sce_vjp(g, res, needs):
-    log_p, labels, item_shape, reduction = res
-    g_items = _item_cotangent(g, int(np.prod(item_shape)), reduction)
-    g_items = g_items[..., None] if np.ndim(g_items) else g_items  # broadcast over the classes
+    shifted, exp, total, log_total, labels, count, reduction = res
+    g_items = _item_cotangent(g, count, reduction)
+    if reduction == "none":
+        g_items = g_items[..., None]  # one cotangent per item, broadcast over the classes
     g_logits = g_labels = None
     if needs[0]:
         # d/dlogits = softmax(logits) * sum(labels) - labels, which is p - onehot for class labels
-        grad = np.exp(log_p)
+        grad = exp / total
         if labels.dtype.kind in "iu":
             grad.reshape(-1, grad.shape[-1])[_picked(labels)] -= 1  # one entry per row: no repeats
         else:
-            grad = grad * np.sum(labels, axis=-1, keepdims=True) - labels
+            grad = grad * labels.sum(axis=-1, keepdims=True) - labels
         grad *= g_items
         g_logits = grad
     if needs[1] and labels.dtype.kind not in "iu":
-        g_labels = -log_p * g_items
+        g_labels = (log_total - shifted) * g_items  # -log softmax
     return g_logits, g_labels
 
 

@@ -198,6 +198,9 @@ def _mismatch(where, expected, found):
     )
 
 
+_CONTAINERS = (dict, list, tuple)
+
+
 def _map(f, trees: tuple, with_path: bool):
     """Shared body of :func:`map` and :func:`map_with_path` (the hot path of every optimizer step).
 
@@ -205,13 +208,24 @@ def _map(f, trees: tuple, with_path: bool):
     path string only when it is needed (for ``f`` or for an error).
     """
 
+    def leaf(where, node, others):
+        for other in others:
+            if other is None or isinstance(other, _CONTAINERS):
+                _mismatch(where, node, other)
+        return f(_path_str(where), node, *others) if with_path else f(node, *others)
+
     def visit(where, node, others):
         if isinstance(node, dict):
-            keys = _sorted_keys(node)
             for other in others:
-                if not isinstance(other, dict) or len(other) != len(keys) or any(k not in other for k in keys):
+                if not isinstance(other, dict) or other.keys() != node.keys():
                     _mismatch(where, node, other)
-            return {k: visit((where, k), node[k], [other[k] for other in others]) for k in keys}
+            out = {}  # a loop, not a comprehension: this is the hottest code of a training step
+            for k in _sorted_keys(node):
+                child = node[k]
+                kids = [other[k] for other in others] if others else others
+                is_leaf = not (child is None or isinstance(child, _CONTAINERS))
+                out[k] = (leaf if is_leaf else visit)((where, k), child, kids)  # a leaf skips visit's checks
+            return out
         if isinstance(node, (list, tuple)):
             kind = list if isinstance(node, list) else tuple
             for other in others:
@@ -224,10 +238,7 @@ def _map(f, trees: tuple, with_path: bool):
                 if other is not None:
                     _mismatch(where, node, other)
             return None
-        for other in others:
-            if isinstance(other, (dict, list, tuple)) or other is None:
-                _mismatch(where, node, other)
-        return f(_path_str(where), node, *others) if with_path else f(node, *others)
+        return leaf(where, node, others)
 
     return visit(None, trees[0], trees[1:])
 

@@ -58,6 +58,7 @@ def sgd_update(param: np.ndarray, grad: np.ndarray, lr: float) -> np.ndarray:
     ``lr`` is rounded to the parameter's dtype first, exactly as numpy does for a Python
     float, so the kernel and the numpy fallback give the same bits.
     """
+    param, grad = np.asarray(param), np.asarray(grad)
     lr = param.dtype.type(lr)
     if _kernel_ready(param, grad):
         return _sgd_update_kernel(param.reshape(-1), grad.reshape(-1), lr).reshape(param.shape)

@@ -18,6 +18,7 @@ a learning rate records the rate under the key ``"learning_rate"``; read it with
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -89,7 +90,7 @@ def _leafwise(combine, params, others, what: str):
     """
 
     def one(param, other):
-        if np.shape(param) != np.shape(other):
+        if getattr(param, "shape", ()) != getattr(other, "shape", ()):  # np.shape, without its dispatch cost
             raise _ShapeMismatch
         new = combine(param, other)
         new.flags.writeable = False
@@ -130,7 +131,7 @@ def sgd_step(params, grads, lr: float):
     the same numbers with a state and a transformation chain.
     """
     lr = float(lr)
-    return _leafwise(lambda p, g: sgd_update(np.asarray(p), np.asarray(g), lr), params, grads, "gradient")
+    return _leafwise(functools.partial(sgd_update, lr=lr), params, grads, "gradient")
 
 
 def current_learning_rate(state) -> float:
