@@ -193,7 +193,7 @@ def _backward(tape: list[Node], roots: list[Node], seeds: list) -> dict[int, obj
         if g is None:
             continue
         args = node.args
-        cotangents = node.primitive.vjp(g, node.residuals, tuple(type(a) is Node for a in args))
+        cotangents = node.primitive.vjp(g, node.residuals, tuple([type(a) is Node for a in args]))
         for a, ct in zip(args, cotangents):
             if ct is not None and type(a) is Node:
                 earlier = pending.get(id(a))
@@ -335,7 +335,7 @@ def value_and_grad(f, argnums=0, has_aux=False):
             if not -len(args) <= n < len(args):
                 raise ValueError(f"argnums={argnums} but the function was called with {len(args)} positional arguments")
         nums_pos = [n % len(args) for n in nums]
-        primals = tuple(args[n] for n in nums_pos)
+        primals = [args[n] for n in nums_pos]
 
         def f_of_primals(*wrapped):
             full = list(args)
@@ -357,7 +357,7 @@ def value_and_grad(f, argnums=0, has_aux=False):
                 "reduce it (for example with .sum() or .mean()) or use tinyfn.vjp"
             )
         roots = [out] if type(out) is Node else []
-        seeds = [np.ones_like(value)]
+        seeds = [np.ones((), dtype=np.result_type(value))]
         grads = _input_grads(wrapped, tape, roots, seeds)
         grads = grads if multiple else grads[0]
         if has_aux:

@@ -219,8 +219,12 @@ def _map(f, trees: tuple, with_path: bool):
             for other in others:
                 if not isinstance(other, dict) or other.keys() != node.keys():
                     _mismatch(where, node, other)
+            try:
+                keys = sorted(node)
+            except TypeError:
+                keys = _sorted_keys(node)
             out = {}  # a loop, not a comprehension: this is the hottest code of a training step
-            for k in _sorted_keys(node):
+            for k in keys:
                 child = node[k]
                 kids = [other[k] for other in others] if others else others
                 is_leaf = not (child is None or isinstance(child, _CONTAINERS))

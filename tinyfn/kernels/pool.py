@@ -20,9 +20,29 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from .conv import col2im, contiguous, crop, im2col, output_size, pad
+from .conv import col2im, contiguous, im2col, output_size
 
 __all__ = ["pool_output_shape", "max_pool2d", "max_pool2d_vjp", "avg_pool2d", "avg_pool2d_vjp"]
+
+
+def pad(x, padding, value=0.0) -> np.ndarray:
+    """``x`` ``(N, C, H, W)`` with ``padding = (rows, cols)`` entries of ``value`` added on each
+    side of the image axes, as a new contiguous array (``x`` itself, made contiguous, when
+    there is no padding)."""
+    ph, pw = padding
+    if ph == 0 and pw == 0:
+        return contiguous(x)
+    n, c, h, w = x.shape
+    padded = np.full((n, c, h + 2 * ph, w + 2 * pw), value, dtype=x.dtype)
+    padded[:, :, ph : ph + h, pw : pw + w] = x
+    return padded
+
+
+def crop(padded, padding) -> np.ndarray:
+    """The inverse of :func:`pad`: the view of ``padded`` without its border."""
+    ph, pw = padding
+    h, w = padded.shape[2:]
+    return padded[:, :, ph : h - ph, pw : w - pw]
 
 
 def pool_output_shape(input_shape, window, stride, padding) -> tuple:
