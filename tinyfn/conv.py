@@ -61,6 +61,8 @@ def _value(x):
 
 def _pair(value, name: str, minimum: int = 1) -> tuple[int, int]:
     """``value`` (an int or a pair of ints, each >= ``minimum``) as a ``(rows, cols)`` tuple."""
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is type(value[1]) is int and min(value) >= minimum:
+        return value  # already a checked pair: what layers pass on every call
     pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value) if isinstance(value, (tuple, list)) else None
     if pair is None or len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v >= minimum for v in pair):
         raise ValueError(f"{name} must be an int >= {minimum} or a pair of them, found {value!r}")
