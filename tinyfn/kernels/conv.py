@@ -117,6 +117,7 @@ def _col2im(cols, x, geometry):
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     step = np.uint64(sw)
     for n in prange(x.shape[0]):
+        x[n] = 0  # zeroed here, by the thread that then adds into it, while it is in cache
         n = np.uint64(n)
         for c in range(np.uint64(channels)):
             for i in range(kh):
@@ -158,7 +159,7 @@ def col2im(cols, input_shape, kernel, stride, padding, dilation, out_size) -> np
     (N, C, H, W)`` where each input pixel holds the sum of the entries of ``cols`` that
     :func:`im2col` would have copied from it (entries that fall in the padding are dropped).
     """
-    x = np.zeros(input_shape, dtype=cols.dtype)
+    x = np.empty(input_shape, dtype=cols.dtype)
     _col2im(contiguous(cols), x, _geometry(kernel, stride, padding, dilation, out_size))
     return x
 

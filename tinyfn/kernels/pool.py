@@ -88,6 +88,7 @@ def _max_pool2d_kernel(window: tuple, stride: tuple):
 def _max_pool2d_vjp(g, argmax, dx):
     n_batch, channels, size = g.shape
     for n in prange(n_batch):
+        dx[n] = 0  # zeroed here, by the thread that then adds into it, while it is in cache
         for c in range(channels):
             for k in range(size):
                 dx[n, c, argmax[n, c, k]] += g[n, c, k]
@@ -111,7 +112,7 @@ def max_pool2d_vjp(g, argmax, input_shape, padding):
     """Cotangent of max pooling's input ``(N, C, H, W)``: each entry of ``g`` added at its ``argmax``."""
     n, c, h, w = input_shape
     padded = (h + 2 * padding[0], w + 2 * padding[1])
-    dx = np.zeros((n, c, padded[0] * padded[1]), dtype=g.dtype)
+    dx = np.empty((n, c, padded[0] * padded[1]), dtype=g.dtype)
     _max_pool2d_vjp(contiguous(g).reshape(n, c, -1), argmax.reshape(n, c, -1), dx)
     return crop(dx.reshape(n, c, *padded), padding)
 
