@@ -10,7 +10,7 @@
 
 Kernels are compiled lazily (on first call, once per dtype; the max-pooling kernel also once
 per window and stride) and cached on disk next to the source (set ``NUMBA_CACHE_DIR`` to put
-the cache elsewhere): a cold start compiles the six kernels of a small CNN in about 4 s, a
+the cache elsewhere): a cold start compiles the kernels of a small CNN in about 5-7 s, a
 warm one loads them in about 0.3 s. Loops over the batch run in
 parallel on all cores (Numba's ``prange``); set ``NUMBA_NUM_THREADS`` to limit them.
 These functions take and return plain numpy arrays; the differentiable primitives built on
