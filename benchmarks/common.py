@@ -33,8 +33,8 @@ class Settings:
     settle_s: float  # idle time before each timed block (see measure)
 
 
-FULL = Settings(warmup_s=0.5, repeats=9, repeat_s=0.2, fresh_runs=5, settle_s=1.0)
-QUICK = Settings(warmup_s=0.1, repeats=5, repeat_s=0.05, fresh_runs=2, settle_s=0.3)
+FULL = Settings(warmup_s=2.0, repeats=9, repeat_s=0.2, fresh_runs=5, settle_s=1.0)
+QUICK = Settings(warmup_s=0.3, repeats=5, repeat_s=0.05, fresh_runs=2, settle_s=0.3)
 
 
 @dataclass(frozen=True)
