@@ -351,7 +351,7 @@ def value_and_grad(f, argnums=0, has_aux=False):
         value = _value(out)
         if isinstance(value, np.ndarray) and value.shape == ():
             value = value[()]  # a numpy scalar, which formats and compares like a number
-        if np.shape(value) != ():
+        if not isinstance(value, (np.generic, float, int)) and np.shape(value) != ():
             raise TypeError(
                 f"grad requires f to return a scalar (shape ()), found shape {np.shape(value)}; "
                 "reduce it (for example with .sum() or .mean()) or use tinyfn.vjp"

@@ -95,7 +95,8 @@ def softmax_cross_entropy(logits, labels, reduction: str = "mean"):
     """
     _check_reduction(reduction)
     logit_shape = _value(logits).shape
-    labels = np.asarray(_value(labels)) if type(labels) is not Node else labels
+    if type(labels) is not Node:
+        labels = np.asarray(labels)
     label_values = _value(labels)
     if label_values.dtype.kind in "iu":
         if label_values.shape != logit_shape[:-1]:

@@ -227,8 +227,12 @@ def _map(f, trees: tuple, with_path: bool):
             for k in keys:
                 child = node[k]
                 kids = [other[k] for other in others] if others else others
-                is_leaf = not (child is None or isinstance(child, _CONTAINERS))
-                out[k] = (leaf if is_leaf else visit)((where, k), child, kids)  # a leaf skips visit's checks
+                if child is None or isinstance(child, _CONTAINERS):
+                    out[k] = visit((where, k), child, kids)
+                elif with_path or kids:
+                    out[k] = leaf((where, k), child, kids)
+                else:  # a leaf of a single tree, the commonest case: no call to check the others
+                    out[k] = f(child)
             return out
         if isinstance(node, (list, tuple)):
             kind = list if isinstance(node, list) else tuple
