@@ -1,6 +1,6 @@
 """Run tinyfn's benchmark suite: a table on stdout and a JSON file.
 
-    python benchmarks/run.py            # full run (a few minutes)
+    python benchmarks/run.py            # full run (about 8 minutes on 2 cores)
     python benchmarks/run.py --quick    # short run (well under a minute; noisier)
 
 Everything but the standard library and :mod:`common` is imported inside functions, after
