@@ -219,10 +219,7 @@ def _map(f, trees: tuple, with_path: bool):
             for other in others:
                 if not isinstance(other, dict) or other.keys() != node.keys():
                     _mismatch(where, node, other)
-            try:
-                keys = sorted(node)
-            except TypeError:
-                keys = _sorted_keys(node)
+            keys = _sorted_keys(node)
             out = {}  # a loop, not a comprehension: this is the hottest code of a training step
             for k in keys:
                 child = node[k]

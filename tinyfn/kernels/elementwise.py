@@ -41,10 +41,10 @@ _MIN_KERNEL_SIZE = 16384
 
 
 def _kernel_ready(a: np.ndarray, b: np.ndarray) -> bool:
-    """True when ``a`` and ``b`` are C-contiguous, of one float dtype and one shape (callers
-    check first that ``a`` is large enough, which is cheaper and rules out most small arrays)."""
+    """True when ``a`` and ``b`` are large, C-contiguous, of one float dtype and one shape."""
     return (
-        a.dtype == b.dtype
+        a.size >= _MIN_KERNEL_SIZE
+        and a.dtype == b.dtype
         and a.dtype in (np.float32, np.float64)
         and a.shape == b.shape
         and a.flags.c_contiguous
@@ -60,13 +60,13 @@ def sgd_update(param: np.ndarray, grad: np.ndarray, lr: float) -> np.ndarray:
     """
     param, grad = np.asarray(param), np.asarray(grad)
     lr = param.dtype.type(lr)
-    if param.size >= _MIN_KERNEL_SIZE and _kernel_ready(param, grad):
+    if _kernel_ready(param, grad):
         return _sgd_update_kernel(param.reshape(-1), grad.reshape(-1), lr).reshape(param.shape)
     return np.asarray(np.subtract(param, lr * grad, dtype=param.dtype))
 
 
 def relu_vjp(g: np.ndarray, y: np.ndarray) -> np.ndarray:
     """The cotangent of ``relu``'s input: ``g`` where the output ``y`` is positive, else 0."""
-    if g.size >= _MIN_KERNEL_SIZE and _kernel_ready(g, y):
+    if _kernel_ready(g, y):
         return _relu_vjp_kernel(g.reshape(-1), y.reshape(-1)).reshape(g.shape)
     return g * (y > 0)
