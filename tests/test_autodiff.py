@@ -1,5 +1,7 @@
 """Graph autodiff: the trace, the topological sort, accumulation, pytree arguments, errors."""
 
+import weakref
+
 import numpy as np
 import pytest
 
@@ -212,3 +214,19 @@ def test_gradients_have_the_shape_dtype_and_layout_of_their_inputs():
     g = tinyfn.grad(lambda p: (p["scalar"] * p["vector"]).sum())(params)
     assert g["scalar"].shape == () and g["scalar"].dtype == np.float32 and g["scalar"] == 3.0
     assert g["vector"].dtype == np.float32 and g["vector"].flags.c_contiguous and g["vector"].flags.writeable
+
+
+def test_a_training_step_frees_its_arrays_without_the_cycle_collector(no_cycle_collector):
+    # Reference cycles would keep every step's gradients in memory until Python's cycle
+    # collector ran, so that new arrays could not reuse their memory.
+    model = tinyfn.layers.serial(tinyfn.layers.Dense(4, activation="relu"), tinyfn.layers.Dense(2))
+    _, params = model.init(tinyfn.random.key(0), (-1, 3))
+    loss_and_grads = tinyfn.value_and_grad(
+        lambda p, x, y: tinyfn.losses.softmax_cross_entropy(model.apply(p, x), y)
+    )
+    _, grads = loss_and_grads(params, np.ones((2, 3), np.float32), np.array([0, 1]))
+    new_params = tinyfn.optim.sgd_step(params, grads, 0.1)
+    refs = [weakref.ref(leaf) for leaf in tree.leaves(grads) + tree.leaves(new_params)]
+    del grads, new_params
+    still_alive = [r() for r in refs if r() is not None]
+    assert still_alive == []

@@ -1,5 +1,7 @@
 """Pytree utilities: flatten/unflatten, fixed key order, mismatch errors naming the path."""
 
+import weakref
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -75,3 +77,23 @@ def test_unflatten_with_the_wrong_number_of_leaves_is_an_error():
     _, treedef = tree.flatten({"a": 1, "b": 2})
     with pytest.raises(tree.TreeMismatchError, match="2 leaves, found 3"):
         tree.unflatten(treedef, [1, 2, 3])
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        lambda t: tree.flatten(t),
+        lambda t: tree.unflatten(tree.structure(t), tree.leaves(t)),
+        lambda t: tree.map(lambda x: x + 1, t),
+        lambda t: tree.map(np.add, t, t),
+        lambda t: tree.leaves_with_path(t),
+    ],
+    ids=["flatten", "unflatten", "map", "map of two trees", "leaves_with_path"],
+)
+def test_tree_operations_keep_no_reference_to_the_arrays(no_cycle_collector, operation):
+    arrays = {"a": np.ones(3), "b": [np.zeros(2), (np.ones(1),)]}
+    result = operation(arrays)
+    refs = [weakref.ref(leaf) for leaf in tree.leaves(arrays) + tree.leaves(result) if isinstance(leaf, np.ndarray)]
+    del arrays, result
+    still_alive = [r() for r in refs if r() is not None]
+    assert still_alive == []

@@ -117,26 +117,35 @@ def format_path(path: tuple) -> str:
     return "/".join(str(p) for p in path) if path else "<root>"
 
 
+# The recursive helpers below are module-level functions, not closures nested in the function
+# that uses them: a nested function that calls itself is a reference cycle (function -> closure
+# cell -> function) that also holds everything else it closes over, such as the list of leaves.
+# The cycle, and with it every array in the tree, would stay in memory until Python's cycle
+# collector next runs; in a training loop that is several steps' worth of gradients, and new
+# arrays cannot reuse their memory.
+
+
+def _flatten_into(node, found: list) -> TreeDef:
+    """Append the leaves of ``node`` to ``found``; returns the TreeDef of ``node``."""
+    parts = _children(node)
+    if parts is None:
+        found.append(node)
+        return _LEAF
+    kind, keys, kids = parts
+    if kind == "none":
+        return _NONE
+    return TreeDef(kind, keys, tuple([_flatten_into(k, found) for k in kids]))
+
+
 def flatten(tree) -> tuple[list, TreeDef]:
     """Return ``(leaves, treedef)``: the leaves in visiting order and the tree's structure.
 
     Works without recursion depth limits for ordinary parameter trees (it recurses once
     per nesting level).
     """
-    out: list = []
-
-    def visit(node) -> TreeDef:
-        parts = _children(node)
-        if parts is None:
-            out.append(node)
-            return _LEAF
-        kind, keys, kids = parts
-        if kind == "none":
-            return _NONE
-        return TreeDef(kind, keys, tuple(visit(k) for k in kids))
-
-    treedef = visit(tree)
-    return out, treedef
+    found: list = []
+    treedef = _flatten_into(tree, found)
+    return found, treedef
 
 
 def unflatten(treedef: TreeDef, leaves_) -> object:
@@ -146,19 +155,19 @@ def unflatten(treedef: TreeDef, leaves_) -> object:
         raise TreeMismatchError(
             f"unflatten: structure {treedef!r} has {treedef.num_leaves} leaves, found {len(leaves_)}"
         )
-    it = iter(leaves_)
+    return _build(treedef, iter(leaves_))
 
-    def build(td: TreeDef):
-        if td.kind == "leaf":
-            return next(it)
-        if td.kind == "none":
-            return None
-        kids = [build(c) for c in td.children]
-        if td.kind == "dict":
-            return dict(zip(td.keys, kids))
-        return kids if td.kind == "list" else tuple(kids)
 
-    return build(treedef)
+def _build(treedef: TreeDef, leaves_iter):
+    """The tree of structure ``treedef`` whose leaves are the next ones of ``leaves_iter``."""
+    if treedef.kind == "leaf":
+        return next(leaves_iter)
+    if treedef.kind == "none":
+        return None
+    kids = [next(leaves_iter) if c.kind == "leaf" else _build(c, leaves_iter) for c in treedef.children]
+    if treedef.kind == "dict":
+        return dict(zip(treedef.keys, kids))
+    return kids if treedef.kind == "list" else tuple(kids)
 
 
 def leaves(tree) -> list:
@@ -202,50 +211,51 @@ _CONTAINERS = (dict, list, tuple)
 
 
 def _map(f, trees: tuple, with_path: bool):
-    """Shared body of :func:`map` and :func:`map_with_path` (the hot path of every optimizer step).
+    """Shared body of :func:`map` and :func:`map_with_path` (the hot path of every optimizer step)."""
+    return _map_node(f, with_path, None, trees[0], trees[1:])
 
-    The position is carried as a cheap chain of ``(parent, key)`` pairs and turned into a
-    path string only when it is needed (for ``f`` or for an error).
+
+def _map_leaf(f, with_path: bool, where, node, others):
+    for other in others:
+        if other is None or isinstance(other, _CONTAINERS):
+            _mismatch(where, node, other)
+    return f(_path_str(where), node, *others) if with_path else f(node, *others)
+
+
+def _map_node(f, with_path: bool, where, node, others):
+    """``f`` mapped over ``node`` and the matching subtrees ``others``.
+
+    The position is carried as a cheap chain ``where`` of ``(parent, key)`` pairs and turned
+    into a path string only when it is needed (for ``f`` or for an error).
     """
-
-    def leaf(where, node, others):
+    if isinstance(node, dict):
         for other in others:
-            if other is None or isinstance(other, _CONTAINERS):
+            if not isinstance(other, dict) or other.keys() != node.keys():
                 _mismatch(where, node, other)
-        return f(_path_str(where), node, *others) if with_path else f(node, *others)
-
-    def visit(where, node, others):
-        if isinstance(node, dict):
-            for other in others:
-                if not isinstance(other, dict) or other.keys() != node.keys():
-                    _mismatch(where, node, other)
-            keys = _sorted_keys(node)
-            out = {}  # a loop, not a comprehension: this is the hottest code of a training step
-            for k in keys:
-                child = node[k]
-                kids = [other[k] for other in others] if others else others
-                if child is None or isinstance(child, _CONTAINERS):
-                    out[k] = visit((where, k), child, kids)
-                elif with_path or kids:
-                    out[k] = leaf((where, k), child, kids)
-                else:  # a leaf of a single tree, the commonest case: no call to check the others
-                    out[k] = f(child)
-            return out
-        if isinstance(node, (list, tuple)):
-            kind = list if isinstance(node, list) else tuple
-            for other in others:
-                if not isinstance(other, kind) or len(other) != len(node):
-                    _mismatch(where, node, other)
-            items = [visit((where, i), item, [other[i] for other in others]) for i, item in enumerate(node)]
-            return items if kind is list else tuple(items)
-        if node is None:
-            for other in others:
-                if other is not None:
-                    _mismatch(where, node, other)
-            return None
-        return leaf(where, node, others)
-
-    return visit(None, trees[0], trees[1:])
+        out = {}  # a loop, not a comprehension: this is the hottest code of a training step
+        for k in _sorted_keys(node):
+            child = node[k]
+            kids = [other[k] for other in others] if others else others
+            if child is None or isinstance(child, _CONTAINERS):
+                out[k] = _map_node(f, with_path, (where, k), child, kids)
+            elif with_path or kids:
+                out[k] = _map_leaf(f, with_path, (where, k), child, kids)
+            else:  # a leaf of a single tree, the commonest case: no call to check the others
+                out[k] = f(child)
+        return out
+    if isinstance(node, (list, tuple)):
+        kind = list if isinstance(node, list) else tuple
+        for other in others:
+            if not isinstance(other, kind) or len(other) != len(node):
+                _mismatch(where, node, other)
+        items = [_map_node(f, with_path, (where, i), item, [other[i] for other in others]) for i, item in enumerate(node)]
+        return items if kind is list else tuple(items)
+    if node is None:
+        for other in others:
+            if other is not None:
+                _mismatch(where, node, other)
+        return None
+    return _map_leaf(f, with_path, where, node, others)
 
 
 def map(f, tree, *rest):
