@@ -17,6 +17,8 @@ the same losses over two steps.
   then ``optim.sgd_step``, with ``Conv2D(..., activation="relu")`` (bias and ReLU fused into
   the convolution: one pass over the activations instead of three);
 * ``tinyfn-unfused``: the same with separate ``layers.Relu()`` layers, to show what fusing saves;
+* ``tinyfn-static``: the ``tinyfn`` step with ``value_and_grad(..., static_graph=True)`` (the
+  loss traced once, then its primitives replayed; see ``tinyfn.staging``);
 * ``torch``: PyTorch eager, ``nn.Sequential``, ``F.cross_entropy``, ``torch.optim.SGD``.
 
 **The figures.** Training samples/s (batch size / seconds per step): median and min-max of
@@ -49,7 +51,7 @@ import common
 BATCH = 64
 LEARNING_RATE = 0.01
 TARGET_RATIO = 1.5  # tinyfn's goal: at least this many times PyTorch eager's samples/s
-IMPLEMENTATIONS = ("tinyfn", "tinyfn-unfused", "torch")
+IMPLEMENTATIONS = ("tinyfn", "tinyfn-unfused", "tinyfn-static", "torch")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -100,14 +102,14 @@ def make_data(batch: int = BATCH, seed: int = 0):
 # from its own copy of the weights (carried from step to step) and returns the loss.
 
 
-def tinyfn_step(weights, x, y, fused: bool = True):
+def tinyfn_step(weights, x, y, fused: bool = True, static_graph: bool = False):
     """tinyfn as a user writes it."""
     import tinyfn
 
     model = tinyfn_model(fused)
     names = ("conv2d_0", "conv2d_2", "dense_5") if fused else ("conv2d_0", "conv2d_3", "dense_7")
     params = tinyfn.tree.freeze({name: {"w": w, "b": b} for name, (w, b) in zip(names, weights)})
-    return common.tinyfn_sgd_step(model, params, x, y, LEARNING_RATE)
+    return common.tinyfn_sgd_step(model, params, x, y, LEARNING_RATE, static_graph)
 
 
 def torch_step(weights, x, y):
@@ -130,6 +132,7 @@ def torch_step(weights, x, y):
 STEPS = {
     "tinyfn": tinyfn_step,
     "tinyfn-unfused": lambda weights, x, y: tinyfn_step(weights, x, y, fused=False),
+    "tinyfn-static": lambda weights, x, y: tinyfn_step(weights, x, y, static_graph=True),
     "torch": torch_step,
 }
 

@@ -231,17 +231,17 @@ def torch_sgd_step(model, x, y, learning_rate: float):
     return step
 
 
-def tinyfn_sgd_step(model, params, x, y, learning_rate: float):
+def tinyfn_sgd_step(model, params, x, y, learning_rate: float, static_graph: bool = False):
     """A tinyfn training step as a user writes it: ``value_and_grad`` of the softmax
-    cross-entropy of ``model.apply``, then ``optim.sgd_step``. The parameters are carried from
-    step to step inside the closure. Returns ``step() -> loss``."""
+    cross-entropy of ``model.apply`` (with ``static_graph`` as given), then ``optim.sgd_step``.
+    The parameters are carried from step to step inside the closure. Returns ``step() -> loss``."""
     import tinyfn
     from tinyfn.optim import sgd_step
 
     def loss_fn(params, x, y):
         return tinyfn.losses.softmax_cross_entropy(model.apply(params, x), y)
 
-    loss_and_grads = tinyfn.value_and_grad(loss_fn)
+    loss_and_grads = tinyfn.value_and_grad(loss_fn, static_graph=static_graph)
 
     def step():
         nonlocal params

@@ -8,6 +8,8 @@ framework:
   hidden layers written ``Dense(n, activation="relu")`` (the ReLU fused into the layer);
 * ``tinyfn-unfused``: the same with ``Dense(n), Relu()`` as separate layers, to show what
   fusing saves;
+* ``tinyfn-static``: the ``tinyfn`` step with ``value_and_grad(..., static_graph=True)``, which
+  traces the loss once and then replays the recorded primitives (see ``tinyfn.staging``);
 * ``numpy``: the floor, a hand-written forward and backward pass with no framework at all
   (float32 throughout, no gradient for the input batch), whose SGD update makes new weight
   arrays each step, as tinyfn's does;
@@ -78,14 +80,14 @@ class Impl:
 # ----------------------------------------------------------------------------- tinyfn
 
 
-def tinyfn_impl(params: list, fused: bool = True) -> Impl:
+def tinyfn_impl(params: list, fused: bool = True, static_graph: bool = False) -> Impl:
     """tinyfn as a user writes it."""
     model = tinyfn_model(fused)
     _, template = model.init(tinyfn.random.key(0), (-1, SIZES[0]))
     tree = tinyfn.tree.freeze({name: {"w": w, "b": b} for name, (w, b) in zip(sorted(template), params)})
 
     def make_step(x, y):
-        return common.tinyfn_sgd_step(model, tree, x, y, LEARNING_RATE)
+        return common.tinyfn_sgd_step(model, tree, x, y, LEARNING_RATE, static_graph)
 
     def make_predict(x):
         return lambda: model.apply(tree, x)
@@ -244,6 +246,7 @@ def jax_impl(params: list) -> Impl:
 FRAMEWORKS: dict[str, tuple[str | None, Callable[[list], Impl]]] = {
     "tinyfn": (None, tinyfn_impl),
     "tinyfn-unfused": (None, lambda params: tinyfn_impl(params, fused=False)),
+    "tinyfn-static": (None, lambda params: tinyfn_impl(params, static_graph=True)),
     "numpy": (None, numpy_impl),
     "numpy-inplace": (None, lambda params: numpy_impl(params, in_place=True)),
     "torch": ("torch", torch_impl),

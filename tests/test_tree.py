@@ -35,6 +35,24 @@ def test_flatten_then_unflatten_is_the_identity(t):
         assert x is y
 
 
+@given(param_trees())
+def test_flatten_up_to_finds_the_leaves_of_a_tree_of_the_same_structure(t):
+    leaves, treedef = tree.flatten(t)
+    same_structure = tree.map(lambda x: x + 1, t)
+    assert [x is y for x, y in zip(treedef.flatten_up_to(t), leaves)] == [True] * len(leaves)
+    np.testing.assert_equal(treedef.flatten_up_to(same_structure), tree.leaves(same_structure))
+
+
+@pytest.mark.parametrize(
+    "other",
+    [{"a": 1, "c": 2}, {"a": 1}, {"a": 1, "b": 2, "c": 3}, {"a": [1], "b": 2}, {"a": None, "b": 2}, [1, 2], (1, 2)],
+)
+def test_flatten_up_to_refuses_another_structure(other):
+    treedef = tree.structure({"a": 1, "b": 2})
+    with pytest.raises(tree.TreeMismatchError, match="expected a tree of structure"):
+        treedef.flatten_up_to(other)
+
+
 def test_map_over_several_trees_and_arithmetic_helpers():
     a = {"w": np.array([1.0, 2.0]), "b": [np.array(3.0)]}
     b = {"w": np.array([10.0, 20.0]), "b": [np.array(30.0)]}

@@ -48,6 +48,7 @@ PRIMITIVES: dict[str, "Primitive"] = {}
 """Every primitive ever constructed, by name (the tests check each one has a gradient test)."""
 
 _tape: list | None = None  # the nodes recorded by the running differentiation, in order
+_staging = False  # True while value_and_grad(..., static_graph=True) traces (see tinyfn.staging)
 
 
 class Primitive:
@@ -82,7 +83,7 @@ class Primitive:
         else:  # no traced argument: just compute, recording nothing
             return self.impl(*args, **params)
         out, residuals = self.forward(*[a.value if type(a) is Node else a for a in args], **params)
-        node = Node(out, self, args, residuals)
+        node = Node(out, self, args, residuals, params)
         if _tape is not None:
             _tape.append(node)
         return node
@@ -96,22 +97,25 @@ class Node:
 
     ``value`` is the numpy array; ``primitive`` the op that made it (``None`` for an input);
     ``args`` the op's positional arguments (Nodes are the parents, anything else a constant);
-    ``residuals`` what the op's forward saved for its VJP; ``name`` the input's path for
-    inputs (``"W"``, ``"params/dense_0/w"``), used in graph drawings.
+    ``residuals`` what the op's forward saved for its VJP; ``params`` the op's keyword
+    parameters; ``name`` the input's path for inputs (``"W"``, ``"params/dense_0/w"``), used
+    in graph drawings.
 
     Nodes support the usual operators (``+ - * / ** @``, unary minus, indexing) through
-    :mod:`tinyfn.ops`; comparisons return plain boolean arrays (not differentiable).
+    :mod:`tinyfn.ops`; comparisons return plain boolean arrays (not differentiable; under a
+    static graph they raise, see :mod:`tinyfn.staging`).
     Calling a numpy function on a Node is an error: use the function from ``tinyfn.ops``.
     """
 
-    __slots__ = ("value", "primitive", "args", "residuals", "name")
+    __slots__ = ("value", "primitive", "args", "residuals", "params", "name")
     __hash__ = object.__hash__
 
-    def __init__(self, value, primitive=None, args=(), residuals=None, name=None):
+    def __init__(self, value, primitive=None, args=(), residuals=None, params=None, name=None):
         self.value = value
         self.primitive = primitive
         self.args = args
         self.residuals = residuals
+        self.params = params
         self.name = name
 
     @property
@@ -140,7 +144,9 @@ class Node:
         raise TypeError(
             "a numpy function was called on a traced tinyfn value (a Node); use the "
             "differentiable version from tinyfn.ops instead (for example tinyfn.ops.exp), "
-            "or read node.value if you do not need its gradient"
+            "or read node.value if you do not need its gradient (under "
+            "value_and_grad(..., static_graph=True), where every array argument is traced, "
+            "only tinyfn primitives may use them)"
         )
 
     def __repr__(self):
@@ -254,20 +260,27 @@ def _arg_name(names: list[str], i: int) -> str:
     return names[i] if i < len(names) else f"arg{i}"
 
 
+def _record(f, args: tuple, staging: bool = False):
+    """Call ``f(*args)`` (args holding input Nodes) with a fresh tape; returns ``(out, tape)``."""
+    global _tape, _staging
+    if _tape is not None:
+        raise NotImplementedError("nested differentiation (grad of grad) is not supported by tinyfn")
+    tape = []
+    _tape, _staging = tape, staging
+    try:
+        out = f(*args)
+    finally:
+        _tape, _staging = None, False
+    return out, tape
+
+
 def _trace(f, primals: tuple, names: list[str]):
     """Call ``f(*wrapped primals)`` with every primal leaf wrapped in an input Node.
 
     Returns ``(out, wrapped primals, tape)``; the tape lists the nodes recorded, in order.
     """
-    global _tape
-    if _tape is not None:
-        raise NotImplementedError("nested differentiation (grad of grad) is not supported by tinyfn")
     wrapped = _wrap(primals, names)
-    _tape = tape = []
-    try:
-        out = f(*wrapped)
-    finally:
-        _tape = None
+    out, tape = _record(f, wrapped)
     return out, wrapped, tape
 
 
@@ -307,34 +320,72 @@ def _input_grads(wrapped, tape, roots, seeds) -> tuple:
     """One gradient tree per wrapped primal: each input Node replaced by its cotangent
     (zeros if the output does not depend on it), in the input's dtype, contiguous."""
     by_id = _backward(tape, roots, seeds) if roots else {}
-
-    def gradient(node):
-        g = by_id.get(id(node))
-        if g is None:
-            return np.zeros_like(node.value)
-        g = np.asarray(g, dtype=node.value.dtype)
-        return g if g.flags.c_contiguous else g.copy()  # sum/mean VJPs hand out broadcast views
-
-    return tuple(tree.map(gradient, w) for w in wrapped)
+    return tuple(tree.map(lambda node: _as_gradient(by_id.get(id(node)), node.value), w) for w in wrapped)
 
 
-def value_and_grad(f, argnums=0, has_aux=False):
+def _as_gradient(g, value: np.ndarray) -> np.ndarray:
+    """The gradient for input ``value`` from its summed cotangent ``g`` (``None`` if the output
+    does not depend on it): an array of ``value``'s shape and dtype, C-contiguous."""
+    if g is None:
+        return np.zeros_like(value)
+    g = np.asarray(g, dtype=value.dtype)
+    return g if g.flags.c_contiguous else g.copy()  # sum/mean VJPs hand out broadcast views
+
+
+def _scalar(value):
+    """The loss value as a numpy or Python scalar; a TypeError if it is not shaped ()."""
+    if isinstance(value, np.ndarray) and value.shape == ():
+        return value[()]  # a numpy scalar, which formats and compares like a number
+    if not isinstance(value, (np.generic, float, int)) and np.shape(value) != ():
+        raise TypeError(
+            f"grad requires f to return a scalar (shape ()), found shape {np.shape(value)}; "
+            "reduce it (for example with .sum() or .mean()) or use tinyfn.vjp"
+        )
+    return value
+
+
+def _split_aux(out, has_aux: bool) -> tuple:
+    """``(out, aux)`` of a function's result: ``aux`` is None unless ``has_aux``."""
+    if not has_aux:
+        return out, None
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError("has_aux=True requires f to return a pair (scalar, aux)")
+    return out
+
+
+def _argnum_positions(argnums, num_args: int) -> list[int]:
+    """The positions selected by ``argnums`` (an int or a sequence of ints, negative counting
+    from the end) among ``num_args`` positional arguments; a ValueError if one is out of range."""
+    nums = argnums if isinstance(argnums, (tuple, list)) else (argnums,)
+    for n in nums:
+        if not -num_args <= n < num_args:
+            raise ValueError(f"argnums={argnums} but the function was called with {num_args} positional arguments")
+    return [n % num_args for n in nums]
+
+
+def value_and_grad(f, argnums=0, has_aux=False, static_graph=False):
     """Return a function computing ``(f(*args), gradient of f w.r.t. args[argnums])``.
 
     ``f`` must return a scalar (shape ``()``), or ``(scalar, aux)`` when ``has_aux`` is True,
     in which case the result is ``((value, aux), grad)``. ``argnums`` is an int or a tuple of
     ints; each selected argument may be a pytree and its gradient has the same structure
     (a tuple of gradients when ``argnums`` is a tuple). Other arguments are passed unchanged.
+
+    ``static_graph=True`` traces ``f`` once per signature of the arguments (their structure,
+    array shapes and dtypes, other values) and replays the recorded primitives on later
+    calls, without running ``f``'s Python again: the same results with much less overhead
+    per call, for functions whose graph does not depend on array values. See
+    :mod:`tinyfn.staging` for what ``f`` must then satisfy.
     """
+    if static_graph:
+        from .staging import staged_value_and_grad  # imported here: tinyfn.staging builds on this module
+
+        return staged_value_and_grad(f, argnums, has_aux)
     multiple = isinstance(argnums, (tuple, list))
-    nums = tuple(argnums) if multiple else (argnums,)
     arg_names = _positional_names(f)
 
     def value_and_grad_f(*args, **kwargs):
-        for n in nums:
-            if not -len(args) <= n < len(args):
-                raise ValueError(f"argnums={argnums} but the function was called with {len(args)} positional arguments")
-        nums_pos = [n % len(args) for n in nums]
+        nums_pos = _argnum_positions(argnums, len(args))
         primals = [args[n] for n in nums_pos]
 
         def f_of_primals(*wrapped):
@@ -344,18 +395,8 @@ def value_and_grad(f, argnums=0, has_aux=False):
             return f(*full, **kwargs)
 
         out, wrapped, tape = _trace(f_of_primals, primals, [_arg_name(arg_names, n) for n in nums_pos])
-        if has_aux:
-            if not (isinstance(out, tuple) and len(out) == 2):
-                raise TypeError("has_aux=True requires f to return a pair (scalar, aux)")
-            out, aux = out
-        value = _value(out)
-        if isinstance(value, np.ndarray) and value.shape == ():
-            value = value[()]  # a numpy scalar, which formats and compares like a number
-        if not isinstance(value, (np.generic, float, int)) and np.shape(value) != ():
-            raise TypeError(
-                f"grad requires f to return a scalar (shape ()), found shape {np.shape(value)}; "
-                "reduce it (for example with .sum() or .mean()) or use tinyfn.vjp"
-            )
+        out, aux = _split_aux(out, has_aux)
+        value = _scalar(_value(out))
         roots = [out] if type(out) is Node else []
         seeds = [np.ones((), dtype=np.result_type(value))]
         grads = _input_grads(wrapped, tape, roots, seeds)
@@ -368,13 +409,13 @@ def value_and_grad(f, argnums=0, has_aux=False):
     return value_and_grad_f
 
 
-def grad(f, argnums=0, has_aux=False):
+def grad(f, argnums=0, has_aux=False, static_graph=False):
     """Return a function computing the gradient of scalar-valued ``f`` w.r.t. ``args[argnums]``.
 
     Same arguments as :func:`value_and_grad`; returns only the gradient (and ``aux`` as
     ``(grad, aux)`` when ``has_aux`` is True, as in JAX).
     """
-    vg = value_and_grad(f, argnums, has_aux)
+    vg = value_and_grad(f, argnums, has_aux, static_graph)
 
     def grad_f(*args, **kwargs):
         out, g = vg(*args, **kwargs)

@@ -46,6 +46,15 @@ def _picked(labels: np.ndarray) -> tuple:
     return np.arange(labels.size), labels.reshape(-1)
 
 
+def _check_class_indices(labels: np.ndarray, num_classes: int) -> None:
+    # in the forward rather than in the wrapper: under a static graph only primitives see each call's labels
+    if labels.size and not 0 <= labels.min() <= labels.max() < num_classes:
+        raise ValueError(
+            f"softmax_cross_entropy: labels must be class indices in [0, {num_classes}), "
+            f"found values from {labels.min()} to {labels.max()}"
+        )
+
+
 def _sce_forward(logits, labels, *, reduction):
     # log softmax = shifted - log(total), with the row maximum subtracted first so exp cannot overflow
     shifted = logits - logits.max(axis=-1, keepdims=True)
@@ -53,6 +62,7 @@ def _sce_forward(logits, labels, *, reduction):
     total = exp.sum(axis=-1, keepdims=True)
     log_total = np.log(total)
     if labels.dtype.kind in "iu":
+        _check_class_indices(labels, logits.shape[-1])
         # only the label's entry of log softmax is needed: no full (N, C) log-probability array
         picked = shifted.reshape(-1, shifted.shape[-1])[_picked(labels)].reshape(labels.shape)
         per_item = log_total.reshape(labels.shape) - picked
@@ -101,11 +111,6 @@ def softmax_cross_entropy(logits, labels, reduction: str = "mean"):
     if label_values.dtype.kind in "iu":
         if label_values.shape != logit_shape[:-1]:
             raise ValueError(f"softmax_cross_entropy: integer labels must have shape {logit_shape[:-1]}, found {label_values.shape}")
-        if label_values.size and not 0 <= label_values.min() <= label_values.max() < logit_shape[-1]:
-            raise ValueError(
-                f"softmax_cross_entropy: labels must be class indices in [0, {logit_shape[-1]}), "
-                f"found values from {label_values.min()} to {label_values.max()}"
-            )
     elif label_values.shape != logit_shape:
         raise ValueError(f"softmax_cross_entropy: one-hot/soft labels must have the logits' shape {logit_shape}, found {label_values.shape}")
     return _softmax_cross_entropy(logits, labels, reduction=reduction)
@@ -115,6 +120,8 @@ def softmax_cross_entropy(logits, labels, reduction: str = "mean"):
 
 
 def _bce_forward(logits, labels, *, reduction):
+    if labels.dtype.kind != "f":  # int or bool targets count as 0.0 and 1.0
+        labels = labels.astype(logits.dtype)
     # -[y log s(z) + (1 - y) log(1 - s(z))] = max(z, 0) - z y + log(1 + exp(-|z|))
     per_item = np.maximum(logits, 0) - logits * labels + np.log1p(np.exp(-np.abs(logits)))
     return _reduce(per_item, reduction), (logits, labels, reduction)
@@ -148,8 +155,6 @@ def binary_cross_entropy_with_logits(logits, labels, reduction: str = "mean"):
         raise ValueError(
             f"binary_cross_entropy_with_logits: labels must have the logits' shape {_value(logits).shape}, found {label_values.shape}"
         )
-    if label_values.dtype.kind not in "f":
-        labels = label_values.astype(_value(logits).dtype)
     return _binary_cross_entropy(logits, labels, reduction=reduction)
 
 

@@ -16,6 +16,7 @@ import builtins
 import numpy as np
 from numpy.lib.array_utils import normalize_axis_tuple
 
+from . import autodiff
 from .autodiff import Node, Primitive
 from .kernels.elementwise import relu_vjp
 
@@ -423,8 +424,6 @@ _where = Primitive("where", _where_forward, _where_vjp, impl=np.where)
 
 def where(condition, x, y):
     """``x`` where ``condition`` holds, else ``y`` (broadcasting); ``condition`` gets no gradient."""
-    if type(condition) is Node:
-        condition = condition.value
     return _where(condition, x, y)
 
 
@@ -473,6 +472,21 @@ def softmax(x, axis=-1):
 # ----------------------------------------------------------------------------- operators on Nodes
 
 
+def _compared(x):
+    """The array a comparison reads: a Node's value (comparisons are not differentiable).
+
+    Under a static graph the result would be frozen at the trace, so comparing there raises.
+    """
+    if type(x) is not Node:
+        return x
+    if autodiff._staging:
+        raise TypeError(
+            "static_graph: comparing traced values would freeze the result at the first call; "
+            "use a primitive (tinyfn.ops.relu, maximum, ...) or value_and_grad without static_graph"
+        )
+    return x.value
+
+
 def _install_operators():
     """Give traced values the arithmetic operators, so losses are written as plain Python."""
 
@@ -514,7 +528,7 @@ def _install_operators():
     for name in ("lt", "le", "gt", "ge", "eq", "ne"):
         compare = getattr(np, {"lt": "less", "le": "less_equal", "gt": "greater", "ge": "greater_equal",
                                "eq": "equal", "ne": "not_equal"}[name])
-        setattr(Node, f"__{name}__", lambda self, other, c=compare: c(self.value, getattr(other, "value", other)))
+        setattr(Node, f"__{name}__", lambda self, other, c=compare: c(_compared(self), _compared(other)))
     def reduction_method(reduce):
         # np.sum(node) and friends call node.sum(axis=..., dtype=None, out=None, ...)
         def method(self, axis=None, dtype=None, out=None, keepdims=False, **unsupported):

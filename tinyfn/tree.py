@@ -75,6 +75,18 @@ class TreeDef:
     def __hash__(self):
         return self._hash
 
+    def flatten_up_to(self, tree) -> list:
+        """The leaves of ``tree``, which must have this structure (a TreeMismatchError if not).
+
+        The same leaves as ``flatten(tree)[0]``, found faster when the structure is known
+        (no TreeDef is built), as when a function is called again with new arrays in the
+        same containers.
+        """
+        found: list = []
+        if not _collect_leaves((tree,), (self,), found):
+            raise TreeMismatchError(f"expected a tree of structure {self!r}, found {structure(tree)!r}")
+        return found
+
     def __repr__(self):
         if self.kind == "leaf":
             return "*"
@@ -85,6 +97,36 @@ class TreeDef:
             return "{" + inner + "}"
         inner = ", ".join(repr(c) for c in self.children)
         return f"[{inner}]" if self.kind == "list" else f"({inner}{',' if len(self.children) == 1 else ''})"
+
+
+def _collect_leaves(nodes, treedefs, found: list) -> bool:
+    """Append the leaves of each node (whose structure should be the matching TreeDef) to
+    ``found``; False as soon as a structure differs. One call per container, none per leaf."""
+    for treedef, node in zip(treedefs, nodes):
+        kind = treedef.kind
+        if kind == "leaf":
+            if node is None or isinstance(node, _CONTAINERS):
+                return False
+            found.append(node)
+        elif kind == "none":
+            if node is not None:
+                return False
+        elif kind == "dict":
+            if not isinstance(node, dict) or len(node) != len(treedef.keys):
+                return False
+            try:
+                kids = [node[k] for k in treedef.keys]
+            except KeyError:
+                return False
+            if not _collect_leaves(kids, treedef.children, found):
+                return False
+        elif not (
+            isinstance(node, list if kind == "list" else tuple)
+            and len(node) == len(treedef.children)
+            and _collect_leaves(node, treedef.children, found)
+        ):
+            return False
+    return True
 
 
 _LEAF = TreeDef("leaf")
