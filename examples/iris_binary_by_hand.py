@@ -1,5 +1,6 @@
 """Iris setosa vs versicolor with the core API only: a 4-3-1 sigmoid network, binary
-cross-entropy, the pure SGD step, 30 epochs. No layers library, no CLI: every part is visible.
+cross-entropy, the pure SGD step, 30 epochs, gradients from a static graph. No layers
+library, no CLI: every part is visible.
 
 Run:  python examples/iris_binary_by_hand.py [SEED]
 """
@@ -40,7 +41,8 @@ def main(seed=0):
     x_train, y_train, x_test, y_test = datasets.train_test_split(random.key(seed), x[keep], y[keep].astype(np.float32))
     x_train, x_test = datasets.standardize(x_train, x_test)
     params = init_params(random.key(seed + 100))
-    grad_fn = tinyfn.value_and_grad(loss)
+    # static_graph: loss is traced once per batch shape, then its recorded primitives are replayed
+    grad_fn = tinyfn.value_and_grad(loss, static_graph=True)
     for epoch, (xb, yb) in enumerate(datasets.batches(random.key(seed + 1), x_train, y_train, 8).epochs(30)):
         value, grads = grad_fn(params, xb, yb)
         params = tinyfn.tree.map(lambda p, g: p - 0.5 * g, params, grads)  # the pure SGD step
