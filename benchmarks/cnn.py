@@ -23,7 +23,8 @@ the same losses over two steps.
 
 **The figures.** Training samples/s (batch size / seconds per step): median and min-max of
 the repeats, which run round-robin over the implementations after a warm-up (see
-``common.measure``), and each implementation's speed relative to ``torch`` per round.
+``common.measure``), and each implementation's speed relative to ``torch``, per repeat
+against the ``torch`` repeats run just before and just after it.
 PyTorch in this process runs with the malloc settings tinyfn makes on import (freed memory
 is kept for reuse, see ``tinyfn.kernels.memory``), which speed it up too; it is also timed
 in a fresh interpreter without them, as it runs on its own. Then
@@ -257,7 +258,9 @@ def main(argv=None) -> dict:
     losses = agreement(names)
     weights, (x, y) = init_weights(), make_data()
     meter = common.CpuMeter()
-    timings = common.measure({name: STEPS[name](weights, x, y) for name in names}, settings)
+    timings = common.measure(
+        {name: STEPS[name](weights, x, y) for name in names}, settings, reference="torch" if "torch" in names else None
+    )
     foreign = meter.foreign_share()
     fresh = fresh_first_step(settings.fresh_runs)
     stock = stock_torch(args.quick) if "torch" in names else None
@@ -267,11 +270,11 @@ def main(argv=None) -> dict:
     rows = []
     for name in names:
         rate = timings[name].per_second(BATCH)
-        versus = common.fmt_stats(timings[name].ratio_to(timings["torch"]), 2) if "torch" in names else "-"
+        versus = common.fmt_stats(timings[name].speed_vs_reference(), 2) if "torch" in names else "-"
         rows.append([name, common.fmt_stats(rate), f"{timings[name].seconds.median * 1e6:,.0f}", versus, f"{losses[name][0]:.6f} {losses[name][1]:.6f}"])
     print(common.format_table(["implementation", "samples/s median (min-max)", "us/step", "speed vs torch", "losses of 2 steps"], rows))
     if "torch" in names:
-        ratio = timings["tinyfn"].ratio_to(timings["torch"]).median
+        ratio = timings["tinyfn"].speed_vs_reference().median
         verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
         print(f"target: tinyfn >= {TARGET_RATIO}x PyTorch eager: {verdict} ({ratio:.2f}x)")
     if stock is not None:

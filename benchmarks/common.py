@@ -64,9 +64,12 @@ class Stats:
 
 @dataclass(frozen=True)
 class Timing:
-    """Seconds per call of one callable, one sample per repeat."""
+    """Seconds per call of one callable, one sample per repeat; with a reference case (see
+    :func:`measure`), ``reference`` holds, for each repeat, the reference's seconds per call
+    around it (the mean of the reference repeats just before and just after)."""
 
     samples: tuple
+    reference: tuple = ()
 
     @property
     def seconds(self) -> Stats:
@@ -77,13 +80,10 @@ class Timing:
         """Items per second (for example samples/s for a training step on a batch)."""
         return self.seconds.map(lambda s: items_per_call / s)
 
-    def ratio_to(self, other: "Timing") -> Stats:
-        """Speed of ``self`` relative to ``other`` (above 1: faster), from paired repeats.
-
-        Repeat ``i`` of both ran next to each other (see :func:`measure`), so each pair sees
-        the same machine state; the ratio is taken per pair, then summarised.
-        """
-        return Stats.of(o / s for s, o in zip(self.samples, other.samples))
+    def speed_vs_reference(self) -> Stats:
+        """Speed relative to the reference case of :func:`measure` (above 1: faster), per
+        repeat against the reference repeats on either side of it, then summarised."""
+        return Stats.of(r / s for s, r in zip(self.samples, self.reference))
 
 
 def _calls_per_second(fn: Callable[[], object], seconds: float) -> float:
@@ -107,13 +107,20 @@ def _time_calls(fn: Callable[[], object], number: int) -> float:
     return (time.perf_counter() - start) / number
 
 
-def measure(cases: dict[str, Callable[[], object]], settings: Settings) -> dict[str, Timing]:
+def measure(cases: dict[str, Callable[[], object]], settings: Settings, reference: str | None = None) -> dict[str, Timing]:
     """Time each zero-argument callable of ``cases``; returns a :class:`Timing` per name.
 
     Each callable is first warmed up for ``settings.warmup_s`` seconds, which also sets how
     many calls make one repeat (about ``settings.repeat_s`` seconds). Then the repeats run
     round-robin over the cases, starting each round with the next case, so that no case
     always follows the same neighbour.
+
+    With a ``reference`` (the name of one case), a repeat of the reference runs before the
+    first case of each round and after every case: each repeat of another case is bracketed
+    by two reference repeats, and :meth:`Timing.speed_vs_reference` compares it with their
+    mean. A ratio then comes from three repeats within a few seconds, and a drift of the
+    machine during the round (which this VM shows: 10-20% within a minute) cancels out to
+    first order, where a plain round-robin would pair repeats up to a round apart.
 
     Before each warm-up and each timed block the process sleeps ``settings.settle_s``
     seconds, so that the worker threads of the previous case's library stop spinning:
@@ -132,12 +139,28 @@ def measure(cases: dict[str, Callable[[], object]], settings: Settings) -> dict[
         name: max(1, math.ceil(settings.repeat_s * settled(_calls_per_second, cases[name], settings.warmup_s)))
         for name in names
     }
+
+    def repeat(name: str) -> float:
+        return settled(_time_calls, cases[name], number[name])
+
     samples: dict[str, list[float]] = {name: [] for name in names}
+    brackets: dict[str, list[float]] = {name: [] for name in names}
+    others = [name for name in names if name != reference]
     for r in range(settings.repeats):
-        for i in range(len(names)):
-            name = names[(r + i) % len(names)]
-            samples[name].append(settled(_time_calls, cases[name], number[name]))
-    return {name: Timing(tuple(samples[name])) for name in names}
+        before = repeat(reference) if reference is not None else None
+        if reference is not None:
+            samples[reference].append(before)
+        for i in range(len(others)):
+            name = others[(r + i) % len(others)]
+            samples[name].append(repeat(name))
+            if reference is not None:
+                after = repeat(reference)
+                samples[reference].append(after)
+                brackets[name].append((before + after) / 2)
+                before = after
+    if reference is not None:
+        brackets[reference] = samples[reference]
+    return {name: Timing(tuple(samples[name]), tuple(brackets[name])) for name in names}
 
 
 def run_fresh(code: str, runs: int, *, timeout: float = 600) -> list[dict]:
