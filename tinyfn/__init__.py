@@ -3,7 +3,8 @@
 The public API in one place; every submodule can also be imported on its own:
 ``tree`` (pytrees), ``random`` (explicit keys), ``ops`` (primitives), ``layers``,
 ``conv`` (convolutional layers), ``losses``, ``optim``, ``train``, ``datasets``,
-``checkpoint``, ``viz``, ``testing``, ``kernels`` (the Numba kernels).
+``checkpoint``, ``viz``, ``testing``, ``kernels`` (the Numba kernels), ``staging`` (static
+graphs, used through ``value_and_grad(..., static_graph=True)``).
 
 Importing tinyfn imports :mod:`tinyfn.kernels`, which asks glibc's malloc to keep freed
 memory for reuse (see :mod:`tinyfn.kernels.memory`; ``TINYFN_KEEP_FREED_MEMORY=0`` opts out).
