@@ -147,8 +147,8 @@ def measure(cases: dict[str, Callable[[], object]], settings: Settings, referenc
     brackets: dict[str, list[float]] = {name: [] for name in names}
     others = [name for name in names if name != reference]
     for r in range(settings.repeats):
-        before = repeat(reference) if reference is not None else None
         if reference is not None:
+            before = repeat(reference)
             samples[reference].append(before)
         for i in range(len(others)):
             name = others[(r + i) % len(others)]
