@@ -33,8 +33,9 @@ its on-disk cache), and in fresh interpreters with an empty kernel cache (``NUMB
 set to a new temporary directory) and with that same cache warm.
 
 **Threads.** ``--threads`` (default: all cores) sets ``OMP_NUM_THREADS`` and
-``OPENBLAS_NUM_THREADS`` before numpy is imported, and ``torch.set_num_threads``; tinyfn's
-parallel Numba loops use ``NUMBA_NUM_THREADS`` (default: all cores). Numbers are only
+``OPENBLAS_NUM_THREADS`` before numpy is imported, ``TINYFN_NUM_THREADS`` (tinyfn's kernels
+split each batch over that many threads, see ``tinyfn.kernels.threads``) and
+``torch.set_num_threads``. Numbers are only
 meaningful on an otherwise idle machine; the run prints how much of it other processes used.
 """
 
@@ -228,9 +229,9 @@ def agreement(names) -> dict:
 
 def thread_report(threads: int, torch_loaded: bool) -> str:
     """One line naming the thread settings in force."""
-    import numba
+    from tinyfn.kernels.threads import num_threads
 
-    parts = [f"Numba {numba.get_num_threads()} threads ({numba.threading_layer()} layer)", f"OpenBLAS/OpenMP {threads}"]
+    parts = [f"tinyfn kernels {num_threads()}", f"OpenBLAS/OpenMP {threads}"]
     if torch_loaded:
         import torch
 
@@ -241,7 +242,7 @@ def thread_report(threads: int, torch_loaded: bool) -> str:
 def main(argv=None) -> dict:
     """Run the benchmark, print the report, and return its figures as a dict."""
     args = parse_args(argv)
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TINYFN_NUM_THREADS"):
         os.environ[name] = str(args.threads)
     settings = common.QUICK if args.quick else common.FULL
 

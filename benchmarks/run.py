@@ -25,7 +25,7 @@ from pathlib import Path
 import common
 
 BENCH_DIR = Path(__file__).resolve().parent
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TINYFN_NUM_THREADS")
 TRAIN_BATCHES = (256, 32)
 FOREIGN_CPU_WARNING = 0.05  # share of the machine used by other processes above which figures are flagged
 ACCEPTANCE = (  # (figure, minimum speed relative to the hand-written numpy floor)
@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def set_thread_variables(threads: int) -> None:
-    """Set the thread-count variables that OpenBLAS, MKL and PyTorch read when they are
+    """Set the thread-count variables that OpenBLAS, MKL, PyTorch and tinyfn read when they are
     imported; this must run before numpy or torch is imported, and the fresh interpreters
     of the start-up benchmark inherit it."""
     for name in THREAD_VARIABLES:
@@ -174,13 +174,13 @@ def bench_startup(names: list[str], runs: int) -> dict:
     return results
 
 
-def bench_cnn(quick: bool) -> dict:
+def bench_cnn(quick: bool, threads: int) -> dict:
     """The CNN benchmark (benchmarks/cnn.py, owned by the convolution work), run as a
     script in its own interpreter; its stdout is included as it is."""
     script = BENCH_DIR / "cnn.py"
     if not script.exists():
         return {"skipped": "benchmarks/cnn.py is not there yet"}
-    command = [sys.executable, str(script)] + (["--quick"] if quick else [])
+    command = [sys.executable, str(script), "--threads", str(threads)] + (["--quick"] if quick else [])
     proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"skipped": f"benchmarks/cnn.py failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}"}
@@ -313,7 +313,7 @@ def main(argv=None) -> int:
     section("infer_1", bench_inference, impls, settings)
     results["startup_runs"] = settings.fresh_runs
     section("startup", bench_startup, names, settings.fresh_runs)
-    section("cnn", bench_cnn, args.quick)
+    section("cnn", bench_cnn, args.quick, args.threads)
     results["acceptance"] = acceptance(results)
     results["environment"]["load_average_after"] = os.getloadavg()[0]
     print(report(results))

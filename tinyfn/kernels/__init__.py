@@ -4,6 +4,7 @@
 * :mod:`~tinyfn.kernels.pool`: max pooling kernels; average pooling through im2col/col2im;
 * :mod:`~tinyfn.kernels.activation`: the fused bias + ReLU that ends a convolution, and its VJP;
 * :mod:`~tinyfn.kernels.elementwise`: the fused SGD update and ReLU VJP of the dense path;
+* :mod:`~tinyfn.kernels.threads`: splits a batch over the cores, one slice per thread;
 * :mod:`~tinyfn.kernels.memory`: keeps freed memory for reuse (no page faults on the big
   temporaries of each step; see there, and set ``TINYFN_KEEP_FREED_MEMORY=0`` to opt out);
 * :mod:`~tinyfn.kernels.reference`: plain-numpy versions of all of the above, for the tests.
@@ -11,13 +12,14 @@
 Kernels are compiled lazily (on first call, once per dtype; the max-pooling kernel also once
 per window and stride) and cached on disk next to the source (set ``NUMBA_CACHE_DIR`` to put
 the cache elsewhere): a cold start compiles the kernels of a small CNN in about 5-7 s, a
-warm one loads them in about 0.3 s. Loops over the batch run in
-parallel on all cores (Numba's ``prange``); set ``NUMBA_NUM_THREADS`` to limit them.
+warm one loads them in about 0.3 s. The convolution and pooling kernels split the batch
+over all cores (:func:`~tinyfn.kernels.threads.over_batch`); set ``TINYFN_NUM_THREADS``, or
+call :func:`~tinyfn.kernels.threads.set_num_threads`, to use fewer.
 These functions take and return plain numpy arrays; the differentiable primitives built on
 them are in :mod:`tinyfn.conv`.
 """
 
-from . import activation, conv, elementwise, memory, pool, reference
+from . import activation, conv, elementwise, memory, pool, reference, threads
 from .activation import bias_relu_, bias_relu_vjp
 from .conv import (
     col2im,
@@ -38,6 +40,7 @@ __all__ = [
     "memory",
     "pool",
     "reference",
+    "threads",
     "im2col",
     "col2im",
     "output_size",

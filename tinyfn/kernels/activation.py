@@ -8,27 +8,28 @@ three more times. Here each is one pass over the data.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .conv import contiguous
+from .threads import over_batch
 
 __all__ = ["bias_relu_", "bias_relu_vjp"]
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def _bias_relu(y, b):
     n_batch, channels, size = y.shape
-    for n in prange(n_batch):
+    for n in range(n_batch):
         for c in range(channels):
             for k in range(size):
                 y[n, c, k] = max(y[n, c, k] + b[c], 0)
 
 
 # fastmath lets the bias-gradient sum be reordered, and so vectorised.
-@njit(parallel=True, cache=True, fastmath={"reassoc", "nsz"})
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
 def _bias_relu_vjp(g, y, dy, db_per_sample):
     n_batch, channels, size = g.shape
-    for n in prange(n_batch):
+    for n in range(n_batch):
         for c in range(channels):
             total = g.dtype.type(0)
             for k in range(size):
@@ -40,7 +41,8 @@ def _bias_relu_vjp(g, y, dy, db_per_sample):
 
 def bias_relu_(y, b) -> np.ndarray:
     """``y = max(y + b, 0)`` **in place** for ``y`` ``(N, C, ...)`` C-contiguous and ``b`` ``(C,)``; returns ``y``."""
-    _bias_relu(y.reshape(y.shape[0], y.shape[1], -1), contiguous(b.astype(y.dtype, copy=False)))
+    flat, b = y.reshape(y.shape[0], y.shape[1], -1), contiguous(b.astype(y.dtype, copy=False))
+    over_batch(len(flat), lambda start, stop: _bias_relu(flat[start:stop], b))
     return y
 
 
@@ -53,5 +55,6 @@ def bias_relu_vjp(g, y):
     n, c = y.shape[:2]
     dx = np.empty(y.shape, dtype=y.dtype)
     db = np.empty((n, c), dtype=y.dtype)
-    _bias_relu_vjp(contiguous(g.astype(y.dtype, copy=False)).reshape(n, c, -1), y.reshape(n, c, -1), dx.reshape(n, c, -1), db)
+    g, y_flat, dx_flat = contiguous(g.astype(y.dtype, copy=False)).reshape(n, c, -1), y.reshape(n, c, -1), dx.reshape(n, c, -1)
+    over_batch(n, lambda start, stop: _bias_relu_vjp(g[start:stop], y_flat[start:stop], dx_flat[start:stop], db[start:stop]))
     return dx, db.sum(axis=0)

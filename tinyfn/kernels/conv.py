@@ -13,7 +13,10 @@ The VJPs are matrix products too:
   *is* the transposed convolution, so :func:`conv2d_input_vjp` doubles as its forward pass.
 
 Only :func:`im2col` and :func:`col2im` are Numba kernels (compiled on first use for each
-dtype and cached on disk); the rest is numpy. Arguments ``stride``, ``padding`` and
+dtype and cached on disk); the products are numpy's. Each function splits its batch over the
+cores (:func:`~tinyfn.kernels.threads.over_batch`), and each thread runs all the steps of the
+function on its slice: im2col, the products and the bias for the forward pass, the products
+and col2im for the input's VJP. Arguments ``stride``, ``padding`` and
 ``dilation`` are ``(rows, cols)`` pairs of ints; ``padding`` is the number of zeros added on
 each side.
 """
@@ -21,7 +24,9 @@ each side.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
+
+from .threads import over_batch
 
 __all__ = [
     "output_size",
@@ -81,12 +86,12 @@ def _inside(offset, stride, size, count):
     return lo, max(lo, hi)
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def _im2col(x, cols, geometry):
     kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w = geometry
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     step = np.uint64(sw)
-    for n in prange(x.shape[0]):
+    for n in range(x.shape[0]):
         n = np.uint64(n)
         for c in range(np.uint64(channels)):
             for i in range(kh):
@@ -111,13 +116,13 @@ def _im2col(x, cols, geometry):
                             cols[n, row, inside + t] = x[n, c, ih, first + t * step]
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def _col2im(cols, x, geometry):
     kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w = geometry
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     step = np.uint64(sw)
-    for n in prange(x.shape[0]):
-        x[n] = 0  # zeroed here, by the thread that then adds into it, while it is in cache
+    for n in range(x.shape[0]):
+        x[n] = 0  # zeroed here, just before the adds, while it is in cache
         n = np.uint64(n)
         for c in range(np.uint64(channels)):
             for i in range(kh):
@@ -148,7 +153,8 @@ def im2col(x, kernel, stride, padding, dilation, out_size) -> np.ndarray:
     x = contiguous(x)
     n, c = x.shape[:2]
     cols = np.empty((n, c * kernel[0] * kernel[1], out_size[0] * out_size[1]), dtype=x.dtype)
-    _im2col(x, cols, _geometry(kernel, stride, padding, dilation, out_size))
+    geometry = _geometry(kernel, stride, padding, dilation, out_size)
+    over_batch(n, lambda start, stop: _im2col(x[start:stop], cols[start:stop], geometry))
     return cols
 
 
@@ -159,9 +165,22 @@ def col2im(cols, input_shape, kernel, stride, padding, dilation, out_size) -> np
     (N, C, H, W)`` where each input pixel holds the sum of the entries of ``cols`` that
     :func:`im2col` would have copied from it (entries that fall in the padding are dropped).
     """
+    cols = contiguous(cols)
     x = np.empty(input_shape, dtype=cols.dtype)
-    _col2im(contiguous(cols), x, _geometry(kernel, stride, padding, dilation, out_size))
+    geometry = _geometry(kernel, stride, padding, dilation, out_size)
+    over_batch(x.shape[0], lambda start, stop: _col2im(cols[start:stop], x[start:stop], geometry))
     return x
+
+
+def _grouped(w, groups: int) -> np.ndarray:
+    """The weight ``(OC, C // groups, KH, KW)`` as ``(1, G, OC/G, K)`` matrices, ``K = C/G * KH * KW``:
+    one per group, with a leading axis of length 1 to broadcast over a batch."""
+    return w.reshape(1, groups, w.shape[0] // groups, -1)
+
+
+def _by_group(a, groups: int) -> np.ndarray:
+    """``(N, R, P)`` as ``(N, G, R/G, P)``: each sample's rows split into the groups' blocks."""
+    return a.reshape(a.shape[0], groups, a.shape[1] // groups, -1)
 
 
 def conv2d(x, w, b, stride, padding, dilation, groups):
@@ -176,24 +195,35 @@ def conv2d(x, w, b, stride, padding, dilation, groups):
     Returns ``(y, cols)``: ``y`` of shape ``(N, OC, OH, OW)`` and the im2col matrix
     ``(N, C*KH*KW, OH*OW)``, which :func:`conv2d_weight_vjp` needs.
     """
+    x = contiguous(x)
+    n, c = x.shape[:2]
     kernel = w.shape[2:]
     out_size = tuple(output_size(x.shape[2 + a], kernel[a], stride[a], padding[a], dilation[a]) for a in range(2))
-    cols = im2col(x, kernel, stride, padding, dilation, out_size)
-    return conv2d_from_cols(cols, w, b, groups, out_size), cols
+    cols = np.empty((n, c * kernel[0] * kernel[1], out_size[0] * out_size[1]), dtype=x.dtype)
+    y = np.empty((n, w.shape[0], *out_size), dtype=np.result_type(x, w))
+    geometry = _geometry(kernel, stride, padding, dilation, out_size)
+
+    def convolve(start, stop):
+        _im2col(x[start:stop], cols[start:stop], geometry)
+        _products_plus_bias(cols[start:stop], w, b, groups, y[start:stop])
+
+    over_batch(n, convolve)
+    return y, cols
+
+
+def _products_plus_bias(cols, w, b, groups, y) -> None:
+    """``y[n] = w @ cols[n] + b`` per group, written into ``y`` ``(N, OC, OH, OW)``."""
+    # (1, G, OC/G, K) @ (N, G, K, P) -> (N, G, OC/G, P): one BLAS product per sample and group.
+    np.matmul(_grouped(w, groups), _by_group(cols, groups), out=_by_group(y.reshape(y.shape[0], y.shape[1], -1), groups))
+    if b is not None:
+        y += b.reshape(-1, 1, 1)
 
 
 def conv2d_from_cols(cols, w, b, groups, out_size) -> np.ndarray:
     """The matrix-product half of :func:`conv2d`: ``cols`` ``(N, C*KH*KW, OH*OW)`` from
     :func:`im2col` and ``w`` ``(OC, C // groups, KH, KW)`` give ``y`` ``(N, OC, OH, OW)``."""
-    n = cols.shape[0]
-    oc = w.shape[0]
-    # (G, OC/G, K) @ (N, G, K, P) -> (N, G, OC/G, P): one BLAS product per sample and group.
-    y = np.matmul(
-        w.reshape(groups, oc // groups, -1),
-        cols.reshape(n, groups, cols.shape[1] // groups, -1),
-    ).reshape(n, oc, *out_size)
-    if b is not None:
-        y += b.reshape(oc, 1, 1)
+    y = np.empty((cols.shape[0], w.shape[0], *out_size), dtype=np.result_type(cols, w))
+    over_batch(cols.shape[0], lambda start, stop: _products_plus_bias(cols[start:stop], w, b, groups, y[start:stop]))
     return y
 
 
@@ -209,10 +239,19 @@ def conv2d_input_vjp(g, w, input_shape, stride, padding, dilation, groups) -> np
     """
     n, oc, oh, ow = g.shape
     _, cg, kh, kw = w.shape
-    # (G, K, OC/G) @ (N, G, OC/G, P) -> (N, G, K, P), the rows of cols in group order.
-    w_t = w.reshape(groups, oc // groups, cg * kh * kw).transpose(0, 2, 1)
-    dcols = np.matmul(w_t, g.reshape(n, groups, oc // groups, oh * ow))
-    return col2im(dcols.reshape(n, -1, oh * ow), input_shape, (kh, kw), stride, padding, dilation, (oh, ow))
+    g = _by_group(g.reshape(n, oc, oh * ow), groups)
+    # (1, G, K, OC/G) @ (N, G, OC/G, P) -> (N, G, K, P), the rows of cols in group order.
+    w_t = _grouped(w, groups).transpose(0, 1, 3, 2)
+    dcols = np.empty((n, cg * kh * kw * groups, oh * ow), dtype=np.result_type(g, w))
+    dx = np.empty(input_shape, dtype=dcols.dtype)
+    geometry = _geometry((kh, kw), stride, padding, dilation, (oh, ow))
+
+    def spread_back(start, stop):
+        np.matmul(w_t, g[start:stop], out=_by_group(dcols[start:stop], groups))
+        _col2im(dcols[start:stop], dx[start:stop], geometry)
+
+    over_batch(n, spread_back)
+    return dx
 
 
 def conv2d_weight_vjp(g, cols, w_shape, groups) -> np.ndarray:
@@ -226,9 +265,8 @@ def conv2d_weight_vjp(g, cols, w_shape, groups) -> np.ndarray:
     Returns ``dw`` of shape ``w_shape``: ``sum_n g[n] @ cols[n].T`` per group.
     """
     n, oc = g.shape[:2]
-    k = cols.shape[1] // groups
-    per_sample = np.matmul(
-        g.reshape(n, groups, oc // groups, -1),
-        cols.reshape(n, groups, k, -1).transpose(0, 1, 3, 2),
-    )
+    g = _by_group(g.reshape(n, oc, -1), groups)
+    cols_t = _by_group(cols, groups).transpose(0, 1, 3, 2)
+    per_sample = np.empty((n, groups, oc // groups, cols_t.shape[3]), dtype=np.result_type(g, cols))
+    over_batch(n, lambda start, stop: np.matmul(g[start:stop], cols_t[start:stop], out=per_sample[start:stop]))
     return per_sample.sum(axis=0).reshape(w_shape)

@@ -18,9 +18,10 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .conv import col2im, contiguous, im2col, output_size
+from .threads import over_batch
 
 __all__ = ["pool_output_shape", "max_pool2d", "max_pool2d_vjp", "avg_pool2d", "avg_pool2d_vjp"]
 
@@ -64,11 +65,11 @@ def _max_pool2d_kernel(window: tuple, stride: tuple):
     kh, kw = window
     sh, sw = stride
 
-    @njit(parallel=True, cache=True)
+    @njit(cache=True, nogil=True)
     def max_pool2d_kernel(x, y, argmax):
         n_batch, channels, _, width = x.shape
         out_h, out_w = y.shape[2:]
-        for n in prange(n_batch):
+        for n in range(n_batch):
             for c in range(channels):
                 for oh in range(out_h):
                     for ow in range(out_w):
@@ -84,11 +85,11 @@ def _max_pool2d_kernel(window: tuple, stride: tuple):
     return max_pool2d_kernel
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def _max_pool2d_vjp(g, argmax, dx):
     n_batch, channels, size = g.shape
-    for n in prange(n_batch):
-        dx[n] = 0  # zeroed here, by the thread that then adds into it, while it is in cache
+    for n in range(n_batch):
+        dx[n] = 0  # zeroed here, just before the adds, while it is in cache
         for c in range(channels):
             for k in range(size):
                 dx[n, c, argmax[n, c, k]] += g[n, c, k]
@@ -104,7 +105,8 @@ def max_pool2d(x, window, stride, padding):
     shape = pool_output_shape(x.shape, window, stride, padding)
     y = np.empty(shape, dtype=x.dtype)
     argmax = np.empty(shape, dtype=np.int32)
-    _max_pool2d_kernel(tuple(window), tuple(stride))(pad(x, padding, -np.inf), y, argmax)
+    kernel, x = _max_pool2d_kernel(tuple(window), tuple(stride)), pad(x, padding, -np.inf)
+    over_batch(len(x), lambda start, stop: kernel(x[start:stop], y[start:stop], argmax[start:stop]))
     return y, argmax
 
 
@@ -113,7 +115,8 @@ def max_pool2d_vjp(g, argmax, input_shape, padding):
     n, c, h, w = input_shape
     padded = (h + 2 * padding[0], w + 2 * padding[1])
     dx = np.empty((n, c, padded[0] * padded[1]), dtype=g.dtype)
-    _max_pool2d_vjp(contiguous(g).reshape(n, c, -1), argmax.reshape(n, c, -1), dx)
+    g, argmax = contiguous(g).reshape(n, c, -1), argmax.reshape(n, c, -1)
+    over_batch(n, lambda start, stop: _max_pool2d_vjp(g[start:stop], argmax[start:stop], dx[start:stop]))
     return crop(dx.reshape(n, c, *padded), padding)
 
 
