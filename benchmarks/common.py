@@ -31,10 +31,11 @@ class Settings:
     repeat_s: float
     fresh_runs: int  # fresh-interpreter runs for import and first-step times
     settle_s: float  # idle time before each timed block (see measure)
+    rewarm_s: float  # untimed calls after that idle time, before the timed block (see measure)
 
 
-FULL = Settings(warmup_s=2.0, repeats=9, repeat_s=0.2, fresh_runs=5, settle_s=1.0)
-QUICK = Settings(warmup_s=0.3, repeats=5, repeat_s=0.05, fresh_runs=2, settle_s=0.3)
+FULL = Settings(warmup_s=2.0, repeats=9, repeat_s=0.2, fresh_runs=5, settle_s=1.0, rewarm_s=0.15)
+QUICK = Settings(warmup_s=0.3, repeats=5, repeat_s=0.05, fresh_runs=2, settle_s=0.3, rewarm_s=0.05)
 
 
 @dataclass(frozen=True)
@@ -126,22 +127,28 @@ def measure(cases: dict[str, Callable[[], object]], settings: Settings, referenc
     seconds, so that the worker threads of the previous case's library stop spinning:
     OpenBLAS threads keep spinning for a while after a matrix product and take a core from
     whatever runs next (on the 2-core machine PyTorch ran at half speed right after numpy;
-    a one-second pause removed that). A callable must finish its work before it returns
-    (block on asynchronous results).
+    a one-second pause removed that).
+
+    The pause has a cost of its own: on this VM the first steps after an idle second are
+    slow, and speed comes back over about 15 steps (the CNN's first tinyfn step took 6.9 ms
+    against 3.5 ms from the 20th on; PyTorch's 7.4 against 4.9). That cost is nearly the same
+    in milliseconds for every case, so it weighed most on the fastest: it took 12% off
+    tinyfn's CNN figure and 2% off PyTorch's. So the timed block starts only after
+    ``settings.rewarm_s`` seconds of untimed calls of the same case, and a repeat measures
+    the steady state that a training loop runs in. A callable must finish its work before
+    it returns (block on asynchronous results).
     """
     names = list(cases)
 
-    def settled(fn, *args):
+    def calls_per_second(name: str, seconds: float) -> float:
         time.sleep(settings.settle_s)
-        return fn(*args)
+        return _calls_per_second(cases[name], seconds)
 
-    number = {
-        name: max(1, math.ceil(settings.repeat_s * settled(_calls_per_second, cases[name], settings.warmup_s)))
-        for name in names
-    }
+    number = {name: max(1, math.ceil(settings.repeat_s * calls_per_second(name, settings.warmup_s))) for name in names}
 
     def repeat(name: str) -> float:
-        return settled(_time_calls, cases[name], number[name])
+        calls_per_second(name, settings.rewarm_s)  # untimed: back to full speed after the pause
+        return _time_calls(cases[name], number[name])
 
     samples: dict[str, list[float]] = {name: [] for name in names}
     brackets: dict[str, list[float]] = {name: [] for name in names}
