@@ -11,7 +11,7 @@
 
 Kernels are compiled lazily (on first call, once per dtype; the max-pooling kernel also once
 per window and stride) and cached on disk next to the source (set ``NUMBA_CACHE_DIR`` to put
-the cache elsewhere): a cold start compiles the kernels of a small CNN in about 5-7 s, a
+the cache elsewhere): a cold start compiles the kernels of a small CNN in about 2 s, a
 warm one loads them in about 0.3 s. The convolution and pooling kernels split the batch
 over all cores (:func:`~tinyfn.kernels.threads.over_batch`); set ``TINYFN_NUM_THREADS``, or
 call :func:`~tinyfn.kernels.threads.set_num_threads`, to use fewer.
