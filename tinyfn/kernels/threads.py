@@ -6,13 +6,14 @@ time: the calling thread takes the first slice, a small pool of helper threads t
 The work must release the GIL to run in parallel; tinyfn's Numba kernels are compiled with
 ``nogil=True``, and numpy's matrix products release it while BLAS works.
 
-Why not Numba's own ``parallel=True``? Two reasons, both measured on the CNN benchmark
-(2 cores; ``benchmarks/cnn.py``):
+Why threads of its own, and not Numba's ``parallel=True``? Both reasons were measured on
+the CNN benchmark (2 cores; ``benchmarks/cnn.py``):
 
 * A convolution's matrix products are one small product per sample. OpenBLAS runs a product
   that small on a single thread (it splits only products above about ``2**18``
   multiply-adds), so ``np.matmul`` over the batch kept one core idle for about half of the
-  step. Split over the batch, the products run on every core.
+  step. The products need splitting over the batch too, and a Numba parallel loop cannot
+  call numpy's BLAS: Python threads can.
 * Numba's OpenMP worker threads keep spinning for milliseconds after each parallel loop,
   waiting for the next one. With as many threads as cores, that spinning takes the core
   that the helper thread's product needs: splitting the products alone made the step slower.
