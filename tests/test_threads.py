@@ -81,6 +81,30 @@ def test_a_call_from_inside_the_work_runs_in_one_slice():
     assert sorted(inner) == [(0, 4), (0, 4)]
 
 
+@using_threads(2)
+def test_calls_from_several_threads_at_once_give_the_results_of_one_thread():
+    expected = _conv_outputs()
+    results, errors = [], []
+
+    def convolve_repeatedly():
+        try:
+            for _ in range(20):
+                results.append(_conv_outputs())
+        except BaseException as error:  # reported below, in the test's thread
+            errors.append(error)
+
+    workers = [threading.Thread(target=convolve_repeatedly) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not errors
+    assert len(results) == 60
+    for outputs in results:
+        for got, want in zip(outputs, expected):
+            np.testing.assert_array_equal(got, want)
+
+
 def test_set_num_threads_refuses_what_is_not_a_positive_int():
     for bad in (0, -1, 2.0, True, "2"):
         with pytest.raises(ValueError, match="positive int"):
