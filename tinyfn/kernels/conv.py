@@ -150,12 +150,17 @@ def im2col(x, kernel, stride, padding, dilation, out_size) -> np.ndarray:
     ``cols[n, (c*KH + i)*KW + j, oh*OW + ow] = x[n, c, oh*sh - ph + i*dh, ow*sw - pw + j*dw]``,
     zero where that index falls in the padding.
     """
-    x = contiguous(x)
-    n, c = x.shape[:2]
-    cols = np.empty((n, c * kernel[0] * kernel[1], out_size[0] * out_size[1]), dtype=x.dtype)
-    geometry = _geometry(kernel, stride, padding, dilation, out_size)
-    over_batch(n, lambda start, stop: _im2col(x[start:stop], cols[start:stop], geometry))
+    x, cols, geometry = _unfolding(x, kernel, stride, padding, dilation, out_size)
+    over_batch(len(x), lambda start, stop: _im2col(x[start:stop], cols[start:stop], geometry))
     return cols
+
+
+def _unfolding(x, kernel, stride, padding, dilation, out_size) -> tuple:
+    """What :func:`_im2col` needs for ``x``: ``x`` made contiguous, an empty ``cols`` of shape
+    ``(N, C*KH*KW, OH*OW)`` and the geometry tuple."""
+    x = contiguous(x)
+    cols = np.empty((x.shape[0], x.shape[1] * kernel[0] * kernel[1], out_size[0] * out_size[1]), dtype=x.dtype)
+    return x, cols, _geometry(kernel, stride, padding, dilation, out_size)
 
 
 def col2im(cols, input_shape, kernel, stride, padding, dilation, out_size) -> np.ndarray:
@@ -195,19 +200,16 @@ def conv2d(x, w, b, stride, padding, dilation, groups):
     Returns ``(y, cols)``: ``y`` of shape ``(N, OC, OH, OW)`` and the im2col matrix
     ``(N, C*KH*KW, OH*OW)``, which :func:`conv2d_weight_vjp` needs.
     """
-    x = contiguous(x)
-    n, c = x.shape[:2]
     kernel = w.shape[2:]
     out_size = tuple(output_size(x.shape[2 + a], kernel[a], stride[a], padding[a], dilation[a]) for a in range(2))
-    cols = np.empty((n, c * kernel[0] * kernel[1], out_size[0] * out_size[1]), dtype=x.dtype)
-    y = np.empty((n, w.shape[0], *out_size), dtype=np.result_type(x, w))
-    geometry = _geometry(kernel, stride, padding, dilation, out_size)
+    x, cols, geometry = _unfolding(x, kernel, stride, padding, dilation, out_size)
+    y = np.empty((len(x), w.shape[0], *out_size), dtype=np.result_type(x, w))
 
     def convolve(start, stop):
         _im2col(x[start:stop], cols[start:stop], geometry)
         _products_plus_bias(cols[start:stop], w, b, groups, y[start:stop])
 
-    over_batch(n, convolve)
+    over_batch(len(x), convolve)
     return y, cols
 
 

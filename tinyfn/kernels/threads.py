@@ -83,7 +83,7 @@ class _Helper:
             work, start, stop = self._job
             try:
                 work(start, stop)
-            except BaseException as error:  # re-raised in the caller by join()
+            except BaseException as error:  # handed to the caller by join()
                 self._error = error
             self._job = None
             self._done.release()
@@ -92,12 +92,11 @@ class _Helper:
         self._job = (work, start, stop)
         self._go.release()
 
-    def join(self) -> None:
-        """Wait for the slice; raise what it raised."""
+    def join(self) -> BaseException | None:
+        """Wait for the slice; return what it raised (None if nothing)."""
         self._done.acquire()
         error, self._error = self._error, None
-        if error is not None:
-            raise error
+        return error
 
 
 _helpers: list[_Helper] = []
@@ -137,13 +136,9 @@ def over_batch(size: int, work: Callable[[int, int], object]) -> None:
         try:
             work(bounds[0], bounds[1])
         finally:
-            errors = []
-            for helper in helpers:  # every slice writes into the caller's arrays: wait for all
-                try:
-                    helper.join()
-                except BaseException as error:
-                    errors.append(error)
-        if errors:
-            raise errors[0]
+            errors = [helper.join() for helper in helpers]  # the slices write into the caller's arrays: wait for all
+        for error in errors:
+            if error is not None:
+                raise error
     finally:
         _in_use.release()
