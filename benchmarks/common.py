@@ -37,6 +37,12 @@ class Settings:
 FULL = Settings(warmup_s=2.0, repeats=9, repeat_s=0.2, fresh_runs=5, settle_s=1.0, rewarm_s=0.15)
 QUICK = Settings(warmup_s=0.3, repeats=5, repeat_s=0.05, fresh_runs=2, settle_s=0.3, rewarm_s=0.05)
 
+# Head to head: two cases that share one thread pool (tinyfn and the numpy floor both run on
+# numpy's OpenBLAS) need no idle pause between their repeats, so many short repeats fit in a
+# few seconds, and their median ratio is tight enough to hold against a threshold.
+FULL_HEAD_TO_HEAD = Settings(warmup_s=1.0, repeats=101, repeat_s=0.05, fresh_runs=0, settle_s=0.0, rewarm_s=0.0)
+QUICK_HEAD_TO_HEAD = Settings(warmup_s=0.3, repeats=31, repeat_s=0.02, fresh_runs=0, settle_s=0.0, rewarm_s=0.0)
+
 
 @dataclass(frozen=True)
 class Stats:
@@ -63,6 +69,28 @@ class Stats:
         return asdict(self)
 
 
+def median_interval(samples, confidence: float = 0.95) -> tuple[float, float]:
+    """A confidence interval for the median of the distribution the samples come from, assuming
+    only that they are independent: ``(low, high)``, the j-th smallest and j-th largest sample.
+
+    Each sample lies below the true median with probability 1/2, so the number below it is
+    Binomial(n, 1/2), and the true median lies outside the interval when at most j - 1 samples
+    fall on one side of it. j is the largest rank for which that has probability at most
+    ``1 - confidence``. With too few samples (five or fewer at 95%) no rank is enough, and the
+    interval is the whole range.
+    """
+    ordered = sorted(samples)
+    n = len(ordered)
+
+    def two_sided_tail(j: int) -> float:  # P(at most j samples on a given side), both sides
+        return 2 * sum(math.comb(n, i) for i in range(j + 1)) / 2**n
+
+    j = 1
+    while j < n // 2 and two_sided_tail(j) <= 1 - confidence:
+        j += 1
+    return ordered[j - 1], ordered[n - j]
+
+
 @dataclass(frozen=True)
 class Timing:
     """Seconds per call of one callable, one sample per repeat; with a reference case (see
@@ -81,10 +109,14 @@ class Timing:
         """Items per second (for example samples/s for a training step on a batch)."""
         return self.seconds.map(lambda s: items_per_call / s)
 
+    def ratios_to_reference(self) -> list[float]:
+        """Speed relative to the reference case of :func:`measure` (above 1: faster), one
+        ratio per repeat, against the reference repeats on either side of it."""
+        return [r / s for s, r in zip(self.samples, self.reference)]
+
     def speed_vs_reference(self) -> Stats:
-        """Speed relative to the reference case of :func:`measure` (above 1: faster), per
-        repeat against the reference repeats on either side of it, then summarised."""
-        return Stats.of(r / s for s, r in zip(self.samples, self.reference))
+        """The median, min and max of :meth:`ratios_to_reference`."""
+        return Stats.of(self.ratios_to_reference())
 
 
 def _calls_per_second(fn: Callable[[], object], seconds: float) -> float:

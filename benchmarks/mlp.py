@@ -69,6 +69,27 @@ def init_params(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(np.array(params[k]["w"]), np.array(params[k]["b"])) for k in sorted(params)]
 
 
+def products_only(batch: int, convert: Callable = np.asarray) -> Callable[[], object]:
+    """A callable that runs just the matrix products of one training step at ``batch``, on
+    random operands of the right shapes: forward ``h @ w`` and weight gradients ``h.T @ g`` of
+    every layer, input gradients ``g @ w.T`` of every layer but the first. Nothing else a step
+    does (bias, ReLU, loss, update, framework) is in it, so its time is the floor that a BLAS
+    sets for every framework that uses it. ``convert`` turns each numpy operand into the
+    library's array (``torch.from_numpy`` for PyTorch's BLAS)."""
+    rng = np.random.default_rng(0)
+    inputs = [convert(rng.random((batch, n), dtype=np.float32)) for n in SIZES[:-1]]
+    cotangents = [convert(rng.random((batch, n), dtype=np.float32)) for n in SIZES[1:]]
+    weights = [convert(w) for w, _ in init_params()]
+
+    def products():
+        for h, w, g in zip(inputs, weights, cotangents):
+            h @ w
+            h.T @ g
+        return [g @ w.T for g, w in zip(cotangents[1:], weights[1:])]
+
+    return products
+
+
 @dataclass(frozen=True)
 class Impl:
     """One framework's version of the benchmark (see the module docstring)."""
