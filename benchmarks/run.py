@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -88,9 +89,11 @@ def environment(args, torch_threads) -> dict:
     import tinyfn
 
     versions = {"python": platform.python_version(), "numpy": np.__version__, "tinyfn": tinyfn.__version__}
-    for name in ("torch", "jax", "numba"):
-        if name in sys.modules:
-            versions[name] = sys.modules[name].__version__
+    for name in ("numba", "torch", "jax", "jaxlib"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass  # an optional reference that is not installed
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "quick": args.quick,
