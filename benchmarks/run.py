@@ -1,7 +1,7 @@
 """Run tinyfn's benchmark suite: a table on stdout and a JSON file.
 
-    python benchmarks/run.py            # full run (about 8 minutes on 2 cores)
-    python benchmarks/run.py --quick    # short run (well under a minute; noisier)
+    python benchmarks/run.py            # full run (about 15 minutes on 2 cores)
+    python benchmarks/run.py --quick    # short run (about 3 minutes; noisier)
 
 Everything but the standard library and :mod:`common` is imported inside functions, after
 :func:`main` has set the thread-count variables that OpenBLAS and PyTorch read at import.
