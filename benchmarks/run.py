@@ -139,13 +139,11 @@ def bench_products(settings, torch_installed: bool) -> dict:
     speed relative to numpy's."""
     import mlp
 
-    cases = {}
-    for batch in TRAIN_BATCHES:
-        cases[f"numpy_{batch}"] = mlp.products_only(batch)
-        if torch_installed:
-            import torch
+    cases = {f"numpy_{batch}": mlp.products_only(batch) for batch in TRAIN_BATCHES}
+    if torch_installed:
+        import torch
 
-            cases[f"torch_{batch}"] = mlp.products_only(batch, torch.from_numpy)
+        cases.update({f"torch_{batch}": mlp.products_only(batch, torch.from_numpy) for batch in TRAIN_BATCHES})
     timings = common.measure(cases, settings)
     results = {}
     for batch in TRAIN_BATCHES:
