@@ -1,25 +1,31 @@
-"""Reverse-mode automatic differentiation over a recorded graph.
+"""Reverse-mode automatic differentiation over a recorded graph, to any order.
 
-The model in four sentences:
+The model in five sentences:
 
 1. A :class:`Primitive` is a forward function plus a hand-written VJP rule.
    ``forward(*args, **params) -> (out, residuals)`` computes the output and keeps what the
    backward pass will need; ``vjp(g, residuals, needs) -> cotangents`` maps the cotangent ``g``
    of the output to one cotangent per positional input (``None`` where ``needs[i]`` is False,
    so no work is spent on inputs that do not need a gradient, such as the data batch).
-2. While a function is differentiated, its inputs are wrapped in :class:`Node` objects. A
-   primitive called with at least one Node records a new Node: its value, its op, and its
-   arguments (the parents). Called with plain arrays, it just runs (no graph, no overhead).
-3. The nodes are recorded on a tape in the order they are made, which is a topological order
-   (an op runs after its arguments exist). The backward pass walks the tape in reverse (a loop,
-   so a chain of 100,000 ops is fine), applying each node's VJP rule and summing the
-   cotangents of nodes used more than once. (:func:`toposort` computes a topological order
-   from the graph alone, by depth-first search; graph drawings use it.)
-4. :func:`vjp`, :func:`grad` and :func:`value_and_grad` wrap that for functions of pytrees.
+2. Each call of :func:`vjp`, :func:`grad` or :func:`value_and_grad` opens a *trace*, a level
+   of differentiation with its own tape, and wraps its inputs in :class:`Node` objects of that
+   trace. A primitive called with Nodes records a new Node on the tape of the innermost trace
+   among its arguments: its value, its op and its arguments (the parents). Nodes of outer
+   traces are constants to it, which flow through unchanged (this is what keeps
+   ``d/dx [x * d/dy (x + y)]`` equal to 1). Called with plain arrays, a primitive just runs.
+3. The backward pass of a trace walks its tape in reverse (a loop, so a chain of 100,000 ops
+   is fine), applying each node's VJP rule and summing the cotangents of nodes used twice.
+4. The forward functions and VJP rules are written with tinyfn's primitives, so when a trace
+   is opened inside another one (``grad(grad(f))``), whatever the inner level computes from
+   outer values, its backward pass included, is recorded by the outer level: gradients of
+   gradients. On plain arrays the same primitives run their numpy and Numba code directly.
+5. :func:`vjp`, :func:`grad` and :func:`value_and_grad` wrap that for functions of pytrees;
+   :mod:`tinyfn.transforms` builds ``jvp``, ``hvp``, ``jacobian`` and ``hessian`` on them.
 
 Defining your own primitive::
 
     import numpy as np
+    import tinyfn
     from tinyfn.autodiff import Primitive
 
     def _cube_forward(x):
@@ -31,24 +37,41 @@ Defining your own primitive::
     cube = Primitive("cube", _cube_forward, _cube_vjp)
     tinyfn.grad(lambda x: cube(x).sum())(np.array([1.0, 2.0]))   # -> [3., 12.]
 
-Nested differentiation (grad of grad) is not supported: VJP rules are written in numpy.
+Written with operators (or :mod:`tinyfn.ops`) as here, both functions also work on the Nodes
+of an outer trace, so ``cube`` can be differentiated twice. Every cotangent a VJP returns is
+checked: one per argument, not ``None`` where a gradient is needed, shaped like its argument
+and of a floating dtype; a mistake raises :class:`VJPError` naming the primitive.
 """
 
 from __future__ import annotations
 
 import inspect
+import itertools
 
 import numpy as np
 
 from . import tree
 
-__all__ = ["Primitive", "PRIMITIVES", "Node", "vjp", "grad", "value_and_grad", "toposort", "is_traced"]
+__all__ = [
+    "Primitive",
+    "PRIMITIVES",
+    "Node",
+    "VJPError",
+    "vjp",
+    "grad",
+    "value_and_grad",
+    "toposort",
+    "is_traced",
+    "primal_value",
+]
 
 PRIMITIVES: dict[str, "Primitive"] = {}
 """Every primitive ever constructed, by name (the tests check each one has a gradient test)."""
 
-_tape: list | None = None  # the nodes recorded by the running differentiation, in order
-_staging = False  # True while value_and_grad(..., static_graph=True) traces (see tinyfn.staging)
+
+class VJPError(TypeError):
+    """A VJP rule returned the wrong number of cotangents, ``None`` for an argument that
+    needs a gradient, or a cotangent of the wrong shape or dtype."""
 
 
 class Primitive:
@@ -57,49 +80,119 @@ class Primitive:
     Args:
       name: unique name, shown in graph drawings and error messages.
       forward: ``forward(*args, **params) -> (out, residuals)``. Positional args are arrays
-        (or scalars); keyword params are static (axes, shapes, flags) and never differentiated.
+        (or scalars), or Nodes of outer traces when the call is differentiated more than once;
+        keyword params are static (axes, shapes, flags) and never differentiated.
       vjp: ``vjp(g, residuals, needs) -> tuple`` with one entry per positional argument:
         the cotangent for that argument (same shape as it) or ``None`` when ``needs[i]`` is
-        False or the argument is not differentiable (labels, indices, masks).
+        False.
       impl: optional ``impl(*args, **params) -> out`` used outside a trace, when the forward's
         residuals would be wasted work. Defaults to ``forward(...)[0]``.
+      nondiff: positions of arguments that never get a gradient: integer or boolean inputs
+        (labels, indices, masks) and inputs the output depends on only piecewise-constantly.
+        Their ``needs`` entry is always False.
+
+    Defining a primitive with the name of an existing one replaces it when both forwards are
+    the same function of the same module (re-running a notebook cell), and is an error otherwise.
     """
 
-    __slots__ = ("name", "forward", "vjp", "impl")
+    __slots__ = ("name", "forward", "vjp", "impl", "nondiff")
 
-    def __init__(self, name: str, forward, vjp, impl=None):
-        if name in PRIMITIVES:
+    def __init__(self, name: str, forward, vjp, impl=None, nondiff=()):
+        earlier = PRIMITIVES.get(name)
+        if earlier is not None and _definition(earlier.forward) != _definition(forward):
             raise ValueError(f"a primitive named {name!r} already exists; choose another name")
         self.name = name
         self.forward = forward
         self.vjp = vjp
         self.impl = impl if impl is not None else (lambda *args, **params: forward(*args, **params)[0])
+        self.nondiff = frozenset(nondiff)
         PRIMITIVES[name] = self
 
     def __call__(self, *args, **params):
+        trace = None
         for a in args:
-            if type(a) is Node:
-                break
-        else:  # no traced argument: just compute, recording nothing
+            if type(a) is Node and (trace is None or a.trace.level > trace.level):
+                trace = a.trace
+        if trace is None:  # no traced argument: just compute, recording nothing
             return self.impl(*args, **params)
-        out, residuals = self.forward(*[a.value if type(a) is Node else a for a in args], **params)
-        node = Node(out, self, args, residuals, params)
-        if _tape is not None:
-            _tape.append(node)
+        # Unwrap this trace's Nodes only: Nodes of outer traces go into the forward, which
+        # records them on their own tapes.
+        inner = [a.value if type(a) is Node and a.trace is trace else a for a in args]
+        out, residuals = self.forward(*inner, **params)
+        node = Node(out, self, args, residuals, params, trace=trace)
+        if trace.tape is not None:
+            trace.tape.append(node)
         return node
+
+    def needs(self, args, trace) -> tuple:
+        """For each argument, whether the backward pass of ``trace`` needs its cotangent."""
+        needs = [type(a) is Node and a.trace is trace for a in args]
+        for i in self.nondiff:
+            if i < len(needs):
+                needs[i] = False
+        return tuple(needs)
+
+    def check_cotangents(self, cotangents, arg_shapes, needs) -> None:
+        """Raise :class:`VJPError` unless the VJP returned one usable cotangent per needed argument."""
+        if type(cotangents) is not tuple or len(cotangents) != len(needs):
+            found = f"{len(cotangents)} cotangents" if isinstance(cotangents, (tuple, list)) else f"a {type(cotangents).__name__}"
+            raise VJPError(f"the VJP of primitive {self.name!r} must return a tuple of {len(needs)} cotangents (one per argument), found {found}")
+        for i, (ct, need) in enumerate(zip(cotangents, needs)):
+            if not need:
+                continue
+            if ct is None:
+                raise VJPError(f"the VJP of primitive {self.name!r} returned None for argument {i}, which needs a gradient (shape {arg_shapes[i]})")
+            if np.shape(ct) != arg_shapes[i]:
+                raise VJPError(
+                    f"the VJP of primitive {self.name!r} returned a cotangent of shape {np.shape(ct)} for argument {i}, "
+                    f"expected its shape {arg_shapes[i]} (a broadcast argument needs its cotangent summed back: ops.unbroadcast)"
+                )
+            if np.result_type(primal_value(ct)).kind not in "fc":
+                raise VJPError(
+                    f"the VJP of primitive {self.name!r} returned a cotangent of dtype {np.result_type(primal_value(ct))} "
+                    f"for argument {i}, expected a floating-point dtype"
+                )
 
     def __repr__(self):
         return f"Primitive({self.name!r})"
 
 
+def _definition(f) -> tuple:
+    """Where a function was defined: its module and qualified name."""
+    return getattr(f, "__module__", None), getattr(f, "__qualname__", repr(f))
+
+
+class _Trace:
+    """One level of differentiation: its depth among the open traces and its tape.
+
+    ``level`` grows with nesting (an inner trace has a higher level than the traces open
+    around it); ``tape`` lists the Nodes recorded in order, and is None once the trace is
+    closed; ``staging`` is True for the trace of a static graph (see :mod:`tinyfn.staging`).
+    """
+
+    __slots__ = ("level", "tape", "staging")
+
+    def __init__(self, level: int, staging: bool):
+        self.level = level
+        self.tape: list | None = []
+        self.staging = staging
+
+
+_levels = itertools.count()  # unique, increasing: a trace opened later is nested deeper
+_open_traces: list[_Trace] = []  # the traces being recorded, outermost first
+_UNRECORDED = _Trace(-1, False)  # the trace of Nodes made by hand, outside any differentiation
+_UNRECORDED.tape = None
+
+
 class Node:
     """A value recorded while a function is differentiated.
 
-    ``value`` is the numpy array; ``primitive`` the op that made it (``None`` for an input);
-    ``args`` the op's positional arguments (Nodes are the parents, anything else a constant);
-    ``residuals`` what the op's forward saved for its VJP; ``params`` the op's keyword
-    parameters; ``name`` the input's path for inputs (``"W"``, ``"params/dense_0/w"``), used
-    in graph drawings.
+    ``value`` is the value this trace sees (a numpy array, or a Node of an outer trace when
+    differentiating more than once); ``primitive`` the op that made it (``None`` for an input);
+    ``args`` the op's positional arguments (Nodes of the same trace are the parents, anything
+    else a constant); ``residuals`` what the op's forward saved for its VJP; ``params`` the
+    op's keyword parameters; ``name`` the input's path for inputs (``"W"``,
+    ``"params/dense_0/w"``), used in graph drawings; ``trace`` the level that recorded it.
 
     Nodes support the usual operators (``+ - * / ** @``, unary minus, indexing) through
     :mod:`tinyfn.ops`; comparisons return plain boolean arrays (not differentiable; under a
@@ -107,44 +200,42 @@ class Node:
     Calling a numpy function on a Node is an error: use the function from ``tinyfn.ops``.
     """
 
-    __slots__ = ("value", "primitive", "args", "residuals", "params", "name")
+    __slots__ = ("value", "primitive", "args", "residuals", "params", "name", "trace")
     __hash__ = object.__hash__
 
-    def __init__(self, value, primitive=None, args=(), residuals=None, params=None, name=None):
+    def __init__(self, value, primitive=None, args=(), residuals=None, params=None, name=None, trace=None):
         self.value = value
         self.primitive = primitive
         self.args = args
         self.residuals = residuals
         self.params = params
         self.name = name
+        self.trace = _UNRECORDED if trace is None else trace
 
     @property
     def shape(self):
-        try:
-            return self.value.shape
-        except AttributeError:  # a Python scalar
-            return ()
+        return np.shape(primal_value(self))
 
     @property
     def dtype(self):
-        return np.result_type(self.value)
+        return np.result_type(primal_value(self))
 
     @property
     def ndim(self):
-        return np.ndim(self.value)
+        return np.ndim(primal_value(self))
 
     @property
     def size(self):
-        return np.size(self.value)
+        return np.size(primal_value(self))
 
     def __len__(self):
-        return len(self.value)
+        return len(primal_value(self))
 
     def __array__(self, dtype=None, copy=None):
         raise TypeError(
             "a numpy function was called on a traced tinyfn value (a Node); use the "
             "differentiable version from tinyfn.ops instead (for example tinyfn.ops.exp), "
-            "or read node.value if you do not need its gradient (under "
+            "or tinyfn.autodiff.primal_value(node) if you do not need its gradient (under "
             "value_and_grad(..., static_graph=True), where every array argument is traced, "
             "only tinyfn primitives may use them)"
         )
@@ -155,8 +246,19 @@ class Node:
 
 
 def is_traced(x) -> bool:
-    """True if ``x`` is a Node recorded by an active differentiation."""
+    """True if ``x`` is a Node recorded by a differentiation."""
     return type(x) is Node
+
+
+def primal_value(x):
+    """The plain array under ``x``: ``x`` itself unless it is a Node (of any trace depth).
+
+    Reading it gives a constant to every trace: use it for shapes, masks and metrics, never
+    for values that must be differentiated.
+    """
+    while type(x) is Node:
+        x = x.value
+    return x
 
 
 def toposort(outputs) -> list[Node]:
@@ -178,7 +280,7 @@ def toposort(outputs) -> list[Node]:
         visited.add(id(node))
         stack.append((node, True))
         for parent in node.args:
-            if type(parent) is Node and id(parent) not in visited:
+            if type(parent) is Node and parent.trace is node.trace and id(parent) not in visited:
                 stack.append((parent, False))
     return order
 
@@ -189,7 +291,9 @@ def _backward(tape: list[Node], roots: list[Node], seeds: list) -> dict[int, obj
     The tape lists the recorded nodes in the order they were made, which is already a
     topological order (an op runs after its arguments exist), so walking it backwards visits
     every node after all the nodes that use it, without recursion. Nodes nothing depends on
-    are skipped. Returns ``{id(node): cotangent}`` for the nodes left over: the inputs.
+    are skipped. Returns ``{id(node): cotangent}`` for the nodes left over: the inputs. The
+    cotangents are plain arrays, or Nodes of an outer trace when this backward pass is itself
+    being differentiated.
     """
     pending: dict[int, object] = {}
     for node, g in zip(roots, seeds):
@@ -198,10 +302,12 @@ def _backward(tape: list[Node], roots: list[Node], seeds: list) -> dict[int, obj
         g = pending.pop(id(node), None)
         if g is None:
             continue
-        args = node.args
-        cotangents = node.primitive.vjp(g, node.residuals, tuple([type(a) is Node for a in args]))
-        for a, ct in zip(args, cotangents):
-            if ct is not None and type(a) is Node:
+        args, primitive = node.args, node.primitive
+        needs = primitive.needs(args, node.trace)
+        cotangents = primitive.vjp(g, node.residuals, needs)
+        primitive.check_cotangents(cotangents, [np.shape(a) for a in args], needs)
+        for a, ct, need in zip(args, cotangents, needs):
+            if need:
                 earlier = pending.get(id(a))
                 pending[id(a)] = ct if earlier is None else earlier + ct  # a value used twice
     return pending
@@ -211,25 +317,29 @@ class _NotDifferentiable(TypeError):
     pass
 
 
-def _as_input(leaf) -> Node:
-    value = np.asarray(leaf)
-    if value.dtype.kind not in "fc":
-        raise _NotDifferentiable(value.dtype)
-    return Node(value)
+def _as_input(trace: _Trace):
+    def wrap(leaf) -> Node:
+        value = leaf if type(leaf) is Node else np.asarray(leaf)
+        if np.result_type(primal_value(value)).kind not in "fc":
+            raise _NotDifferentiable
+        return Node(value, trace=trace)
+
+    return wrap
 
 
-def _wrap(primals: tuple, names: list[str]) -> tuple:
-    """Replace every leaf of the primals by an input Node (a TypeError names a non-float leaf)."""
+def _wrap(primals: tuple, names: list[str], trace: _Trace) -> tuple:
+    """Replace every leaf of the primals by an input Node of ``trace`` (a TypeError names a
+    non-float leaf)."""
     try:
-        return tuple(tree.map(_as_input, primal) for primal in primals)
+        return tuple(tree.map(_as_input(trace), primal) for primal in primals)
     except _NotDifferentiable:
         for primal, name in zip(primals, names):
             for path, leaf in tree.leaves_with_path(primal):
-                if np.result_type(leaf).kind not in "fc":
+                if np.result_type(primal_value(leaf)).kind not in "fc":
                     where = name if path == "<root>" else f"{name}/{path}"
                     raise TypeError(
                         f"cannot differentiate with respect to '{where}': expected a floating-point "
-                        f"array, found dtype {np.result_type(leaf)}"
+                        f"array, found dtype {np.result_type(primal_value(leaf))}"
                     ) from None
         raise
 
@@ -260,32 +370,54 @@ def _arg_name(names: list[str], i: int) -> str:
     return names[i] if i < len(names) else f"arg{i}"
 
 
-def _record(f, args: tuple, staging: bool = False):
-    """Call ``f(*args)`` (args holding input Nodes) with a fresh tape; returns ``(out, tape)``."""
-    global _tape, _staging
-    if _tape is not None:
-        raise NotImplementedError("nested differentiation (grad of grad) is not supported by tinyfn")
-    tape = []
-    _tape, _staging = tape, staging
+def _open_trace(staging: bool = False) -> _Trace:
+    """A new trace, nested inside the open ones. A static graph cannot contain another
+    differentiation, nor run inside one (its replay would freeze what the inner level reads)."""
+    if _open_traces and (staging or _open_traces[-1].staging):
+        raise TypeError(
+            "static_graph: a function differentiated with a static graph cannot itself differentiate "
+            "(grad inside the loss), nor be differentiated again; use value_and_grad without static_graph"
+        )
+    trace = _Trace(next(_levels), staging)
+    _open_traces.append(trace)
+    return trace
+
+
+def _close_trace(trace: _Trace) -> list:
+    """Stop recording on ``trace``; returns its tape."""
+    _open_traces.remove(trace)
+    tape, trace.tape = trace.tape, None
+    return tape
+
+
+def _record(f, args: tuple, trace: _Trace):
+    """Call ``f(*args)`` (args holding input Nodes of the open ``trace``) and close the trace;
+    returns ``(out, tape)``."""
     try:
         out = f(*args)
     finally:
-        _tape, _staging = None, False
+        tape = _close_trace(trace)
     return out, tape
 
 
 def _trace(f, primals: tuple, names: list[str]):
-    """Call ``f(*wrapped primals)`` with every primal leaf wrapped in an input Node.
+    """Call ``f(*wrapped primals)`` with every primal leaf wrapped in an input Node of a new trace.
 
-    Returns ``(out, wrapped primals, tape)``; the tape lists the nodes recorded, in order.
+    Returns ``(out, wrapped primals, tape, trace)``; the tape lists the nodes recorded, in order.
     """
-    wrapped = _wrap(primals, names)
-    out, tape = _record(f, wrapped)
-    return out, wrapped, tape
+    trace = _open_trace()
+    try:
+        wrapped = _wrap(primals, names, trace)
+    except BaseException:
+        _close_trace(trace)
+        raise
+    out, tape = _record(f, wrapped, trace)
+    return out, wrapped, tape, trace
 
 
-def _value(x):
-    return x.value if type(x) is Node else x
+def _unwrap(x, trace: _Trace):
+    """``x`` seen from outside ``trace``: a Node of that trace is replaced by its value."""
+    return x.value if type(x) is Node and x.trace is trace else x
 
 
 def vjp(f, *primals):
@@ -296,9 +428,9 @@ def vjp(f, *primals):
     returns a tuple with one gradient pytree per primal, shaped like that primal.
     """
     names = _positional_names(f)
-    out, wrapped, tape = _trace(f, primals, [_arg_name(names, i) for i in range(len(primals))])
+    out, wrapped, tape, trace = _trace(f, primals, [_arg_name(names, i) for i in range(len(primals))])
     out_leaves, out_def = tree.flatten(out)
-    out_values = [_value(x) for x in out_leaves]
+    out_values = [_unwrap(x, trace) for x in out_leaves]
 
     def vjp_fn(cotangent):
         ct_leaves, ct_def = tree.flatten(cotangent)
@@ -306,11 +438,11 @@ def vjp(f, *primals):
             raise tree.TreeMismatchError(f"vjp: cotangent structure {ct_def!r} does not match output {out_def!r}")
         roots, seeds = [], []
         for o, ct in zip(out_leaves, ct_leaves):
-            if np.shape(ct) != np.shape(_value(o)):
-                raise ValueError(f"vjp: cotangent shape {np.shape(ct)} does not match output shape {np.shape(_value(o))}")
-            if type(o) is Node:
+            if np.shape(ct) != np.shape(o):
+                raise ValueError(f"vjp: cotangent shape {np.shape(ct)} does not match output shape {np.shape(o)}")
+            if type(o) is Node and o.trace is trace:
                 roots.append(o)
-                seeds.append(np.asarray(ct, dtype=o.dtype))
+                seeds.append(ct if type(ct) is Node else np.asarray(ct, dtype=o.dtype))
         return _input_grads(wrapped, tape, roots, seeds)
 
     return tree.unflatten(out_def, out_values), vjp_fn
@@ -323,17 +455,26 @@ def _input_grads(wrapped, tape, roots, seeds) -> tuple:
     return tuple(tree.map(lambda node: _as_gradient(by_id.get(id(node)), node.value), w) for w in wrapped)
 
 
-def _as_gradient(g, value: np.ndarray) -> np.ndarray:
+def _as_gradient(g, value):
     """The gradient for input ``value`` from its summed cotangent ``g`` (``None`` if the output
-    does not depend on it): an array of ``value``'s shape and dtype, C-contiguous."""
+    does not depend on it): an array of ``value``'s shape and dtype, C-contiguous; or a Node
+    of an outer trace when the gradient is itself being differentiated."""
+    if type(g) is Node:
+        return g
+    primal = primal_value(value)
     if g is None:
-        return np.zeros_like(value)
-    g = np.asarray(g, dtype=value.dtype)
+        return np.zeros_like(primal)
+    g = np.asarray(g, dtype=np.result_type(primal))
     return g if g.flags.c_contiguous else g.copy()  # sum/mean VJPs hand out broadcast views
 
 
 def _scalar(value):
-    """The loss value as a numpy or Python scalar; a TypeError if it is not shaped ()."""
+    """The loss value as a numpy or Python scalar (or a Node of an outer trace); a TypeError
+    if it is not shaped ()."""
+    if type(value) is Node:
+        if value.shape != ():
+            raise TypeError(f"grad requires f to return a scalar (shape ()), found shape {value.shape}")
+        return value
     if isinstance(value, np.ndarray) and value.shape == ():
         return value[()]  # a numpy scalar, which formats and compares like a number
     if not isinstance(value, (np.generic, float, int)) and np.shape(value) != ():
@@ -371,11 +512,15 @@ def value_and_grad(f, argnums=0, has_aux=False, static_graph=False):
     ints; each selected argument may be a pytree and its gradient has the same structure
     (a tuple of gradients when ``argnums`` is a tuple). Other arguments are passed unchanged.
 
+    The returned function can itself be differentiated (``grad(grad(f))``, a gradient
+    penalty inside a loss): called inside another differentiation, its value and gradient
+    are traced values of that outer level.
+
     ``static_graph=True`` traces ``f`` once per signature of the arguments (their structure,
     array shapes and dtypes, other values) and replays the recorded primitives on later
     calls, without running ``f``'s Python again: the same results with much less overhead
     per call, for functions whose graph does not depend on array values. See
-    :mod:`tinyfn.staging` for what ``f`` must then satisfy.
+    :mod:`tinyfn.staging` for what ``f`` must then satisfy (first order only).
     """
     if static_graph:
         from .staging import staged_value_and_grad  # imported here: tinyfn.staging builds on this module
@@ -394,15 +539,15 @@ def value_and_grad(f, argnums=0, has_aux=False, static_graph=False):
                 full[n] = w
             return f(*full, **kwargs)
 
-        out, wrapped, tape = _trace(f_of_primals, primals, [_arg_name(arg_names, n) for n in nums_pos])
+        out, wrapped, tape, trace = _trace(f_of_primals, primals, [_arg_name(arg_names, n) for n in nums_pos])
         out, aux = _split_aux(out, has_aux)
-        value = _scalar(_value(out))
-        roots = [out] if type(out) is Node else []
-        seeds = [np.ones((), dtype=np.result_type(value))]
+        value = _scalar(_unwrap(out, trace))
+        roots = [out] if type(out) is Node and out.trace is trace else []
+        seeds = [np.ones((), dtype=np.result_type(primal_value(value)))]
         grads = _input_grads(wrapped, tape, roots, seeds)
         grads = grads if multiple else grads[0]
         if has_aux:
-            aux = tree.map(_value, aux)
+            aux = tree.map(lambda x: _unwrap(x, trace), aux)
             return (value, aux), grads
         return value, grads
 
@@ -413,7 +558,8 @@ def grad(f, argnums=0, has_aux=False, static_graph=False):
     """Return a function computing the gradient of scalar-valued ``f`` w.r.t. ``args[argnums]``.
 
     Same arguments as :func:`value_and_grad`; returns only the gradient (and ``aux`` as
-    ``(grad, aux)`` when ``has_aux`` is True, as in JAX).
+    ``(grad, aux)`` when ``has_aux`` is True, as in JAX). ``grad(grad(f))`` is the second
+    derivative, and so on to any order.
     """
     vg = value_and_grad(f, argnums, has_aux, static_graph)
 

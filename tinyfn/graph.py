@@ -104,7 +104,7 @@ def graph(f, *args) -> Graph:
     """
     names = _positional_names(f)
     arg_names = [_arg_name(names, i) for i in range(len(args))]
-    out, wrapped, _ = _trace(f, args, arg_names)
+    out, wrapped, _, _ = _trace(f, args, arg_names)
     inputs = _name_inputs(wrapped, arg_names)
     outputs = [leaf for leaf in tree.leaves(out) if type(leaf) is Node]
     nodes = toposort(outputs)

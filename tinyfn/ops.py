@@ -6,6 +6,13 @@ like numpy, and their VJP rules sum the cotangent back over the broadcast axes
 (:func:`unbroadcast`). Each VJP rule receives ``(g, residuals, needs)`` and returns one
 cotangent per positional argument, skipping the ones nobody needs.
 
+The forward functions compute their output by calling the primitive itself (on plain arrays
+that runs numpy; on the Nodes of an outer trace it records there), and the VJP rules are
+written with these same primitives. So every rule can be differentiated again: the VJP of
+``exp`` is a ``multiply``, whose VJP is a ``multiply``, and so on to any order. Masks that
+a rule reads from values (which entry won a ``max``, where ``relu``'s input was positive)
+are piecewise constant, so they are constants to every level.
+
 Importing this module also gives Nodes their operators (``+ - * / ** @``, indexing, ...).
 """
 
@@ -16,29 +23,30 @@ import builtins
 import numpy as np
 from numpy.lib.array_utils import normalize_axis_tuple
 
-from . import autodiff
-from .autodiff import Node, Primitive
+from .autodiff import Node, Primitive, primal_value
 from .kernels.elementwise import relu_vjp
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
+def unbroadcast(g, shape: tuple):
     """Sum ``g`` over the axes that broadcasting added or stretched, so it has ``shape``."""
-    if np.shape(g) == shape:
+    g_shape = np.shape(g)
+    if g_shape == shape:
         return g
-    lead = np.ndim(g) - len(shape)
-    stretched = tuple(i + lead for i, n in enumerate(shape) if n == 1 and g.shape[i + lead] != 1)
-    return np.sum(g, axis=tuple(range(lead)) + stretched).reshape(shape)
+    lead = len(g_shape) - len(shape)
+    stretched = tuple(i + lead for i, n in enumerate(shape) if n == 1 and g_shape[i + lead] != 1)
+    return reshape(sum(g, axis=tuple(range(lead)) + stretched), shape)
 
 
 def _reduced_axes(ndim: int, axis) -> tuple:
     return tuple(range(ndim)) if axis is None else normalize_axis_tuple(axis, ndim)
 
 
-def _expand_reduced(g: np.ndarray, ndim: int, axis, keepdims: bool) -> np.ndarray:
-    """Put back the reduced axes of ``g`` (as size 1) so it broadcasts against the input."""
-    return g if keepdims else np.expand_dims(g, _reduced_axes(ndim, axis))
+def _kept_shape(shape: tuple, axis) -> tuple:
+    """``shape`` with the reduced axes kept as size 1 (the shape of a keepdims reduction)."""
+    reduced = _reduced_axes(len(shape), axis)
+    return tuple(1 if i in reduced else n for i, n in enumerate(shape))
 
 
 def _shape_of(x) -> tuple:
@@ -48,24 +56,12 @@ def _shape_of(x) -> tuple:
 # ----------------------------------------------------------------------------- binary, broadcasting
 
 
-def _add_forward(x, y):
-    return np.add(x, y), (_shape_of(x), _shape_of(y))
-
-
 def _add_vjp(g, shapes, needs):
     return (unbroadcast(g, shapes[0]) if needs[0] else None, unbroadcast(g, shapes[1]) if needs[1] else None)
 
 
-def _subtract_forward(x, y):
-    return np.subtract(x, y), (_shape_of(x), _shape_of(y))
-
-
 def _subtract_vjp(g, shapes, needs):
     return (unbroadcast(g, shapes[0]) if needs[0] else None, unbroadcast(-g, shapes[1]) if needs[1] else None)
-
-
-def _multiply_forward(x, y):
-    return np.multiply(x, y), (x, y)
 
 
 def _multiply_vjp(g, xy, needs):
@@ -76,11 +72,6 @@ def _multiply_vjp(g, xy, needs):
     )
 
 
-def _divide_forward(x, y):
-    out = np.divide(x, y)
-    return out, (x, y, out)
-
-
 def _divide_vjp(g, res, needs):
     x, y, out = res
     return (
@@ -89,56 +80,47 @@ def _divide_vjp(g, res, needs):
     )
 
 
-def _power_forward(x, y):
-    out = np.power(x, y)
-    return out, (x, y, out)
-
-
 def _power_vjp(g, res, needs):
     x, y, out = res
     gx = gy = None
     if needs[0]:
-        gx = unbroadcast(g * y * np.power(x, np.subtract(y, 1)), _shape_of(x))
+        # d/dx x**y = y * x**(y - 1). Where y == 0 that is 0 * x**-1, which is nan at x = 0:
+        # the exponent is replaced by 1 there, so the product is exactly 0 (x**0 is constant).
+        exponent = where(primal_value(y) == 0, 1, y - 1)
+        gx = unbroadcast(g * y * power(x, exponent), _shape_of(x))
     if needs[1]:
-        # d/dy x**y = x**y log x, defined for x > 0 (taken as 0 elsewhere)
-        positive = np.asarray(x) > 0
-        log_x = np.log(np.where(positive, x, 1))
-        gy = unbroadcast(g * out * log_x, _shape_of(y))
+        # d/dy x**y = x**y log x, defined for x > 0 (taken as 0 elsewhere, the limit at x = 0)
+        positive = primal_value(x) > 0
+        gy = unbroadcast(g * out * log(where(positive, x, 1)), _shape_of(y))
     return gx, gy
 
 
 def _extremum_vjp(g, res, needs):
     """VJP of maximum/minimum: the cotangent goes to the winner; ties split it evenly."""
     x, y, out = res
-    x_wins = (np.asarray(x) == out).astype(g.dtype)
-    y_wins = (np.asarray(y) == out).astype(g.dtype)
-    share = g / (x_wins + y_wins)
+    x_wins = primal_value(x) == primal_value(out)
+    y_wins = primal_value(y) == primal_value(out)
+    dtype = np.result_type(primal_value(g))
+    x_share = (x_wins / (x_wins.astype(dtype) + y_wins)).astype(dtype, copy=False)
+    y_share = (y_wins / (x_wins.astype(dtype) + y_wins)).astype(dtype, copy=False)
     return (
-        unbroadcast(share * x_wins, _shape_of(x)) if needs[0] else None,
-        unbroadcast(share * y_wins, _shape_of(y)) if needs[1] else None,
+        unbroadcast(g * x_share, _shape_of(x)) if needs[0] else None,
+        unbroadcast(g * y_share, _shape_of(y)) if needs[1] else None,
     )
 
 
-def _maximum_forward(x, y):
-    out = np.maximum(x, y)
-    return out, (x, y, out)
-
-
-def _minimum_forward(x, y):
-    out = np.minimum(x, y)
-    return out, (x, y, out)
-
-
-add = Primitive("add", _add_forward, _add_vjp, impl=np.add)
-subtract = Primitive("subtract", _subtract_forward, _subtract_vjp, impl=np.subtract)
-multiply = Primitive("multiply", _multiply_forward, _multiply_vjp, impl=np.multiply)
-divide = Primitive("divide", _divide_forward, _divide_vjp, impl=np.divide)
-power = Primitive("power", _power_forward, _power_vjp, impl=np.power)
-maximum = Primitive("maximum", _maximum_forward, _extremum_vjp, impl=np.maximum)
-minimum = Primitive("minimum", _minimum_forward, _extremum_vjp, impl=np.minimum)
+add = Primitive("add", lambda x, y: (add(x, y), (_shape_of(x), _shape_of(y))), _add_vjp, impl=np.add)
+subtract = Primitive(
+    "subtract", lambda x, y: (subtract(x, y), (_shape_of(x), _shape_of(y))), _subtract_vjp, impl=np.subtract
+)
+multiply = Primitive("multiply", lambda x, y: (multiply(x, y), (x, y)), _multiply_vjp, impl=np.multiply)
+divide = Primitive("divide", lambda x, y: ((out := divide(x, y)), (x, y, out)), _divide_vjp, impl=np.divide)
+power = Primitive("power", lambda x, y: ((out := power(x, y)), (x, y, out)), _power_vjp, impl=np.power)
+maximum = Primitive("maximum", lambda x, y: ((out := maximum(x, y)), (x, y, out)), _extremum_vjp, impl=np.maximum)
+minimum = Primitive("minimum", lambda x, y: ((out := minimum(x, y)), (x, y, out)), _extremum_vjp, impl=np.minimum)
 
 # ----------------------------------------------------------------------------- unary, elementwise
-# Each forward keeps the one array its derivative is written in terms of.
+# Each forward keeps the one value its derivative is written in terms of.
 
 
 def _stable_sigmoid(x):
@@ -147,42 +129,53 @@ def _stable_sigmoid(x):
     return np.where(np.asarray(x) >= 0, 1 / (1 + e), e / (1 + e))
 
 
-negative = Primitive("negative", lambda x: (np.negative(x), None), lambda g, _, needs: (-g,), impl=np.negative)
-exp = Primitive("exp", lambda x: ((y := np.exp(x)), y), lambda g, y, needs: (g * y,), impl=np.exp)
-log = Primitive("log", lambda x: (np.log(x), x), lambda g, x, needs: (g / x,), impl=np.log)
-sqrt = Primitive("sqrt", lambda x: ((y := np.sqrt(x)), y), lambda g, y, needs: (g / (2 * y),), impl=np.sqrt)
-abs = Primitive("abs", lambda x: (np.abs(x), x), lambda g, x, needs: (g * np.sign(x),), impl=np.abs)
-tanh = Primitive("tanh", lambda x: ((y := np.tanh(x)), y), lambda g, y, needs: (g * (1 - y * y),), impl=np.tanh)
+def _relu_backward_vjp(g, y, needs):
+    return (relu_backward(g, y), None)  # linear in g: the same mask again
+
+
+relu_backward = Primitive(
+    "relu_backward",
+    lambda g, y: (relu_backward(g, y), y),
+    _relu_backward_vjp,
+    impl=lambda g, y: relu_vjp(g, y),
+    nondiff=(1,),
+)
+"""``relu_backward(g, y) = g * (y > 0)``: the VJP of ``relu`` with output ``y`` (one fused pass)."""
+
+negative = Primitive("negative", lambda x: (negative(x), None), lambda g, _, needs: (-g,), impl=np.negative)
+exp = Primitive("exp", lambda x: ((y := exp(x)), y), lambda g, y, needs: (g * y,), impl=np.exp)
+log = Primitive("log", lambda x: (log(x), x), lambda g, x, needs: (g / x,), impl=np.log)
+sqrt = Primitive("sqrt", lambda x: ((y := sqrt(x)), y), lambda g, y, needs: (g / (2 * y),), impl=np.sqrt)
+abs = Primitive("abs", lambda x: (abs(x), x), lambda g, x, needs: (g * np.sign(primal_value(x)),), impl=np.abs)
+tanh = Primitive("tanh", lambda x: ((y := tanh(x)), y), lambda g, y, needs: (g * (1 - y * y),), impl=np.tanh)
 sigmoid = Primitive(
-    "sigmoid",
-    lambda x: ((y := _stable_sigmoid(x)), y),
-    lambda g, y, needs: (g * y * (1 - y),),
-    impl=_stable_sigmoid,
+    "sigmoid", lambda x: ((y := sigmoid(x)), y), lambda g, y, needs: (g * y * (1 - y),), impl=_stable_sigmoid
 )
 relu = Primitive(
     "relu",
-    lambda x: ((y := np.maximum(x, 0)), y),
-    lambda g, y, needs: (relu_vjp(g, y),),  # g * (y > 0), fused into one pass
+    lambda x: ((y := relu(x)), y),
+    lambda g, y, needs: (relu_backward(g, y),),
     impl=lambda x: np.maximum(x, 0),
 )
 softplus = Primitive(
     "softplus",
-    lambda x: (np.logaddexp(0, x), x),  # log(1 + e^x), stable for large |x|
-    lambda g, x, needs: (g * _stable_sigmoid(x),),
-    impl=lambda x: np.logaddexp(0, x),
+    lambda x: (softplus(x), x),
+    lambda g, x, needs: (g * sigmoid(x),),
+    impl=lambda x: np.logaddexp(0, x),  # log(1 + e^x), stable for large |x|
 )
-
-
-def _leaky_relu_forward(x, *, slope):
-    return np.where(np.asarray(x) > 0, x, slope * x), (x, slope)
 
 
 def _leaky_relu_vjp(g, res, needs):
     x, slope = res
-    return (np.where(np.asarray(x) > 0, g, slope * g),)
+    return (g * np.where(primal_value(x) > 0, 1, slope).astype(np.result_type(primal_value(g)), copy=False),)
 
 
-_leaky_relu = Primitive("leaky_relu", _leaky_relu_forward, _leaky_relu_vjp)
+_leaky_relu = Primitive(
+    "leaky_relu",
+    lambda x, *, slope: (_leaky_relu(x, slope=slope), (x, slope)),
+    _leaky_relu_vjp,
+    impl=lambda x, *, slope: np.where(np.asarray(x) > 0, x, slope * x),
+)
 
 
 def leaky_relu(x, slope=0.01):
@@ -190,21 +183,23 @@ def leaky_relu(x, slope=0.01):
     return _leaky_relu(x, slope=slope)
 
 
-def _clip_forward(x, *, lo, hi):
-    return np.clip(x, lo, hi), (x, lo, hi)
-
-
 def _clip_vjp(g, res, needs):
     x, lo, hi = res
+    x = primal_value(x)
     inside = np.ones(np.shape(x), dtype=bool)
     if lo is not None:
-        inside &= np.asarray(x) >= lo
+        inside &= x >= lo
     if hi is not None:
-        inside &= np.asarray(x) <= hi
-    return (g * inside,)
+        inside &= x <= hi
+    return (where(inside, g, 0),)
 
 
-_clip = Primitive("clip", _clip_forward, _clip_vjp)
+_clip = Primitive(
+    "clip",
+    lambda x, *, lo, hi: (_clip(x, lo=lo, hi=hi), (x, lo, hi)),
+    _clip_vjp,
+    impl=lambda x, *, lo, hi: np.clip(x, lo, hi),
+)
 
 
 def clip(x, lo=None, hi=None):
@@ -215,42 +210,45 @@ def clip(x, lo=None, hi=None):
 # ----------------------------------------------------------------------------- reductions
 
 
-def _sum_forward(x, *, axis, keepdims):
-    return np.sum(x, axis=axis, keepdims=keepdims), (np.shape(x), axis, keepdims)
-
-
 def _sum_vjp(g, res, needs):
     shape, axis, keepdims = res
-    return (np.broadcast_to(_expand_reduced(g, len(shape), axis, keepdims), shape),)
+    return (broadcast_to(reshape(g, _kept_shape(shape, axis)), shape),)
+
+
+def _mean_vjp(g, res, needs):
+    shape, axis, keepdims, count = res
+    return (broadcast_to(reshape(g / count, _kept_shape(shape, axis)), shape),)
 
 
 def _mean_forward(x, *, axis, keepdims):
     shape = np.shape(x)
     count = int(np.prod([shape[a] for a in _reduced_axes(len(shape), axis)]))
-    return np.mean(x, axis=axis, keepdims=keepdims), (shape, axis, keepdims, count)
-
-
-def _mean_vjp(g, res, needs):
-    shape, axis, keepdims, count = res
-    return (np.broadcast_to(_expand_reduced(g / count, len(shape), axis, keepdims), shape),)
-
-
-def _max_forward(x, *, axis, keepdims):
-    out = np.max(x, axis=axis, keepdims=keepdims)
-    return out, (x, axis, keepdims, out)
+    return _mean(x, axis=axis, keepdims=keepdims), (shape, axis, keepdims, count)
 
 
 def _max_vjp(g, res, needs):
     x, axis, keepdims, out = res
-    ndim = np.ndim(x)
-    winners = (x == _expand_reduced(out, ndim, axis, keepdims)).astype(g.dtype)
-    winners /= np.sum(winners, axis=axis, keepdims=True)  # ties share the cotangent
-    return (_expand_reduced(g, ndim, axis, keepdims) * winners,)
+    shape = np.shape(x)
+    winners = primal_value(x) == np.reshape(primal_value(out), _kept_shape(shape, axis))
+    weights = winners / np.sum(winners, axis=axis, keepdims=True)  # ties share the cotangent
+    return (reshape(g, _kept_shape(shape, axis)) * weights.astype(np.result_type(primal_value(g)), copy=False),)
 
 
-_sum = Primitive("sum", _sum_forward, _sum_vjp)
-_mean = Primitive("mean", _mean_forward, _mean_vjp)
-_max = Primitive("max", _max_forward, _max_vjp)
+_sum = Primitive(
+    "sum",
+    lambda x, *, axis, keepdims: (_sum(x, axis=axis, keepdims=keepdims), (np.shape(x), axis, keepdims)),
+    _sum_vjp,
+    impl=lambda x, *, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims),
+)
+_mean = Primitive(
+    "mean", _mean_forward, _mean_vjp, impl=lambda x, *, axis, keepdims: np.mean(x, axis=axis, keepdims=keepdims)
+)
+_max = Primitive(
+    "max",
+    lambda x, *, axis, keepdims: ((out := _max(x, axis=axis, keepdims=keepdims)), (x, axis, keepdims, out)),
+    _max_vjp,
+    impl=lambda x, *, axis, keepdims: np.max(x, axis=axis, keepdims=keepdims),
+)
 
 
 def sum(x, axis=None, keepdims=False):
@@ -271,55 +269,64 @@ def max(x, axis=None, keepdims=False):
 # ----------------------------------------------------------------------------- linear algebra
 
 
-def _matmul_forward(a, b):
-    return np.matmul(a, b), (a, b)
+def _swap_last(x):
+    """``x`` with its last two axes exchanged (a transposed view outside a trace)."""
+    axes = list(range(np.ndim(x)))
+    axes[-2:] = axes[-1], axes[-2]
+    return transpose(x, tuple(axes))
 
 
 def _matmul_vjp(g, ab, needs):
     a, b = ab
+    a_shape, b_shape = np.shape(a), np.shape(b)
     # Treat vectors as (1, k) rows / (k, 1) columns so one rule covers every case.
-    a2 = a[None, :] if a.ndim == 1 else a
-    b2 = b[:, None] if b.ndim == 1 else b
-    g2 = g
-    if b.ndim == 1:
-        g2 = np.expand_dims(g2, -1)
-    if a.ndim == 1:
-        g2 = np.expand_dims(g2, -2)
+    a2 = reshape(a, (1,) + a_shape) if len(a_shape) == 1 else a
+    b2 = reshape(b, b_shape + (1,)) if len(b_shape) == 1 else b
+    g_shape = np.shape(g)
+    if len(b_shape) == 1:
+        g_shape = g_shape + (1,)
+    if len(a_shape) == 1:
+        g_shape = g_shape[:-1] + (1,) + g_shape[-1:]
+    g2 = reshape(g, g_shape)
     ga = gb = None
     if needs[0]:
-        ga = unbroadcast(g2 @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
+        ga = reshape(unbroadcast(matmul(g2, _swap_last(b2)), np.shape(a2)), a_shape)
     if needs[1]:
-        gb = unbroadcast(np.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape)
+        gb = reshape(unbroadcast(matmul(_swap_last(a2), g2), np.shape(b2)), b_shape)
     return ga, gb
 
 
-matmul = Primitive("matmul", _matmul_forward, _matmul_vjp, impl=np.matmul)
+matmul = Primitive("matmul", lambda a, b: (matmul(a, b), (a, b)), _matmul_vjp, impl=np.matmul)
 
 # ----------------------------------------------------------------------------- shapes
 
 
-def _reshape_forward(x, *, shape):
-    return np.reshape(x, shape), np.shape(x)
-
-
-_reshape = Primitive("reshape", _reshape_forward, lambda g, shape, needs: (np.reshape(g, shape),))
+_reshape = Primitive(
+    "reshape",
+    lambda x, *, shape: (_reshape(x, shape=shape), np.shape(x)),
+    lambda g, x_shape, needs: (reshape(g, x_shape),),
+    impl=lambda x, *, shape: np.reshape(x, shape),
+)
 
 
 def reshape(x, shape):
     """``x`` with a new shape (one entry may be -1), like ``np.reshape``."""
+    if np.shape(x) == tuple(shape):
+        return x
     return _reshape(x, shape=shape)
-
-
-def _transpose_forward(x, *, axes):
-    return np.transpose(x, axes), (np.ndim(x), axes)
 
 
 def _transpose_vjp(g, res, needs):
     ndim, axes = res
-    return (g.T if axes is None else np.transpose(g, np.argsort(normalize_axis_tuple(axes, ndim))),)
+    return (transpose(g, None if axes is None else tuple(np.argsort(normalize_axis_tuple(axes, ndim)).tolist())),)
 
 
-_transpose = Primitive("transpose", _transpose_forward, _transpose_vjp)
+_transpose = Primitive(
+    "transpose",
+    lambda x, *, axes: (_transpose(x, axes=axes), (np.ndim(x), axes)),
+    _transpose_vjp,
+    impl=lambda x, *, axes: np.transpose(x, axes),
+)
 
 
 def transpose(x, axes=None):
@@ -327,18 +334,17 @@ def transpose(x, axes=None):
     return _transpose(x, axes=axes)
 
 
-def _broadcast_to_forward(x, *, shape):
-    return np.broadcast_to(x, shape), np.shape(x)
-
-
 _broadcast_to = Primitive(
-    "broadcast_to", _broadcast_to_forward, lambda g, shape, needs: (unbroadcast(g, shape),)
+    "broadcast_to",
+    lambda x, *, shape: (_broadcast_to(x, shape=shape), np.shape(x)),
+    lambda g, x_shape, needs: (unbroadcast(g, x_shape),),
+    impl=lambda x, *, shape: np.broadcast_to(x, shape),
 )
 
 
 def broadcast_to(x, shape):
     """``x`` broadcast to ``shape`` (a read-only view outside a trace), like ``np.broadcast_to``."""
-    return _broadcast_to(x, shape=shape)
+    return _broadcast_to(x, shape=tuple(shape))
 
 
 def _is_basic_index(index) -> bool:
@@ -347,21 +353,30 @@ def _is_basic_index(index) -> bool:
     return builtins.all(isinstance(p, (int, np.integer, slice)) or p is None or p is Ellipsis for p in parts)
 
 
-def _getitem_forward(x, *, index):
-    return x[index], (np.shape(x), np.result_type(x), index)
-
-
-def _getitem_vjp(g, res, needs):
-    shape, dtype, index = res
-    gx = np.zeros(shape, dtype=np.result_type(dtype, g))
+def _scatter_add_impl(g, *, shape, index):
+    out = np.zeros(shape, dtype=np.result_type(g))
     if _is_basic_index(index):
-        gx[index] = g
+        out[index] = g
     else:
-        np.add.at(gx, index, g)  # repeated indices each receive their share
-    return (gx,)
+        np.add.at(out, index, g)  # repeated indices each receive their share
+    return out
 
 
-_getitem = Primitive("getitem", _getitem_forward, _getitem_vjp)
+_scatter_add = Primitive(
+    "scatter_add",
+    lambda g, *, shape, index: (_scatter_add(g, shape=shape, index=index), index),
+    lambda ct, index, needs: (getitem(ct, index),),  # scattering's transpose is gathering
+    impl=_scatter_add_impl,
+)
+"""``scatter_add(g, shape=, index=)``: zeros of ``shape`` with ``g`` added at ``[index]``
+(the VJP of ``getitem``)."""
+
+_getitem = Primitive(
+    "getitem",
+    lambda x, *, index: (_getitem(x, index=index), (np.shape(x), index)),
+    lambda g, res, needs: (_scatter_add(g, shape=res[0], index=res[1]),),
+    impl=lambda x, *, index: x[index],
+)
 
 
 def getitem(x, index):
@@ -371,17 +386,26 @@ def getitem(x, index):
     return _getitem(x, index=index)
 
 
-def _concatenate_forward(*xs, axis):
-    sizes = [np.shape(x)[axis] for x in xs]
-    return np.concatenate(xs, axis=axis), (np.cumsum(sizes)[:-1], axis)
+def _along(axis: int, ndim: int, part) -> tuple:
+    """The index selecting ``part`` (an int or a slice) along ``axis`` of an ``ndim``-array."""
+    return (slice(None),) * (axis % ndim) + (part,)
 
 
 def _concatenate_vjp(g, res, needs):
-    splits, axis = res
-    return tuple(part if need else None for part, need in zip(np.split(g, splits, axis=axis), needs))
+    bounds, axis = res
+    ndim = np.ndim(g)
+    return tuple(
+        getitem(g, _along(axis, ndim, slice(lo, hi))) if need else None
+        for lo, hi, need in zip(bounds[:-1], bounds[1:], needs)
+    )
 
 
-_concatenate = Primitive("concatenate", _concatenate_forward, _concatenate_vjp)
+_concatenate = Primitive(
+    "concatenate",
+    lambda *xs, axis: (_concatenate(*xs, axis=axis), ([0, *np.cumsum([np.shape(x)[axis] for x in xs]).tolist()], axis)),
+    _concatenate_vjp,
+    impl=lambda *xs, axis: np.concatenate(xs, axis=axis),
+)
 
 
 def concatenate(xs, axis=0):
@@ -389,16 +413,18 @@ def concatenate(xs, axis=0):
     return _concatenate(*xs, axis=axis)
 
 
-def _stack_forward(*xs, axis):
-    return np.stack(xs, axis=axis), (len(xs), axis)
-
-
 def _stack_vjp(g, res, needs):
     count, axis = res
-    return tuple(np.take(g, i, axis=axis) if need else None for i, need in zip(range(count), needs))
+    ndim = np.ndim(g)
+    return tuple(getitem(g, _along(axis, ndim, i)) if need else None for i, need in zip(range(count), needs))
 
 
-_stack = Primitive("stack", _stack_forward, _stack_vjp)
+_stack = Primitive(
+    "stack",
+    lambda *xs, axis: (_stack(*xs, axis=axis), (len(xs), axis)),
+    _stack_vjp,
+    impl=lambda *xs, axis: np.stack(xs, axis=axis),
+)
 
 
 def stack(xs, axis=0):
@@ -406,20 +432,22 @@ def stack(xs, axis=0):
     return _stack(*xs, axis=axis)
 
 
-def _where_forward(condition, x, y):
-    return np.where(condition, x, y), (condition, _shape_of(x), _shape_of(y))
-
-
 def _where_vjp(g, res, needs):
     condition, x_shape, y_shape = res
     return (
         None,  # the condition is not differentiable
-        unbroadcast(np.where(condition, g, 0), x_shape) if needs[1] else None,
-        unbroadcast(np.where(condition, 0, g), y_shape) if needs[2] else None,
+        unbroadcast(where(condition, g, 0), x_shape) if needs[1] else None,
+        unbroadcast(where(condition, 0, g), y_shape) if needs[2] else None,
     )
 
 
-_where = Primitive("where", _where_forward, _where_vjp, impl=np.where)
+_where = Primitive(
+    "where",
+    lambda condition, x, y: (_where(condition, x, y), (primal_value(condition), _shape_of(x), _shape_of(y))),
+    _where_vjp,
+    impl=np.where,
+    nondiff=(0,),
+)
 
 
 def where(condition, x, y):
@@ -430,33 +458,23 @@ def where(condition, x, y):
 # ----------------------------------------------------------------------------- softmax family
 
 
-def _log_softmax_impl(x, axis=-1):
+def _log_softmax_impl(x, *, axis):
     shifted = x - np.max(x, axis=axis, keepdims=True)  # exp never overflows after the shift
     return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
 
 
-def _log_softmax_forward(x, *, axis):
-    out = _log_softmax_impl(x, axis)
-    return out, (out, axis)
-
-
-def _log_softmax_vjp(g, res, needs):
-    out, axis = res
-    return (g - np.exp(out) * np.sum(g, axis=axis, keepdims=True),)
-
-
-def _softmax_forward(x, *, axis):
-    out = np.exp(_log_softmax_impl(x, axis))
-    return out, (out, axis)
-
-
-def _softmax_vjp(g, res, needs):
-    out, axis = res
-    return (out * (g - np.sum(g * out, axis=axis, keepdims=True)),)
-
-
-_log_softmax = Primitive("log_softmax", _log_softmax_forward, _log_softmax_vjp)
-_softmax = Primitive("softmax", _softmax_forward, _softmax_vjp)
+_log_softmax = Primitive(
+    "log_softmax",
+    lambda x, *, axis: ((out := _log_softmax(x, axis=axis)), (out, axis)),
+    lambda g, res, needs: (g - exp(res[0]) * sum(g, axis=res[1], keepdims=True),),
+    impl=_log_softmax_impl,
+)
+_softmax = Primitive(
+    "softmax",
+    lambda x, *, axis: ((out := _softmax(x, axis=axis)), (out, axis)),
+    lambda g, res, needs: (res[0] * (g - sum(g * res[0], axis=res[1], keepdims=True)),),
+    impl=lambda x, *, axis: np.exp(_log_softmax_impl(x, axis=axis)),
+)
 
 
 def log_softmax(x, axis=-1):
@@ -479,14 +497,12 @@ def _compared(x):
     """
     if type(x) is not Node:
         return x
-    if autodiff._staging:
+    if x.trace.staging:
         raise TypeError(
             "static_graph: comparing traced values would freeze the result at the first call; "
             "use a primitive (tinyfn.ops.relu, maximum, ...) or value_and_grad without static_graph"
         )
-    return x.value
-
-
+    return primal_value(x)
 def _install_operators():
     """Give traced values the arithmetic operators, so losses are written as plain Python."""
 

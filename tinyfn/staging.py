@@ -43,6 +43,8 @@ from .autodiff import (
     _arg_name,
     _argnum_positions,
     _as_gradient,
+    _close_trace,
+    _open_trace,
     _positional_names,
     _record,
     _scalar,
@@ -105,12 +107,13 @@ class Program:
         steps = []
         for node in tape:
             args, grad_slots = [], []
-            for a in node.args:
+            for position, a in enumerate(node.args):
                 slot = slots.get(id(a)) if type(a) is Node else None
                 if type(a) is Node and slot is None:
                     raise ValueError("static_graph: f used a traced value from another call (a Node kept from an earlier trace)")
                 args.append(a if slot is None else _Slot(slot))
-                grad_slots.append(slot if slot in needs_grad else None)
+                differentiable = slot in needs_grad and position not in node.primitive.nondiff
+                grad_slots.append(slot if differentiable else None)
             out_slot = slots[id(node)] = len(inputs) + len(steps)
             needs = tuple(s is not None for s in grad_slots)
             if any(needs):
@@ -143,8 +146,11 @@ class Program:
             if g is None or not step.differentiable:
                 continue
             cotangents[step.out] = None  # used up: free it, as the traced backward pass does
-            for slot, ct in zip(step.grad_slots, step.primitive.vjp(g, residuals[k], step.needs)):
-                if slot is not None and ct is not None:
+            step_cotangents = step.primitive.vjp(g, residuals[k], step.needs)
+            arg_shapes = [np.shape(values[a.index]) if type(a) is _Slot else np.shape(a) for a in step.args]
+            step.primitive.check_cotangents(step_cotangents, arg_shapes, step.needs)
+            for slot, ct in zip(step.grad_slots, step_cotangents):
+                if slot is not None:
                     earlier = cotangents[slot]
                     cotangents[slot] = ct if earlier is None else earlier + ct  # a value used twice
         if type(self.outputs) is _Slot:  # the usual case: f returns the value alone
@@ -184,8 +190,8 @@ def _signature(leaves: list) -> tuple:
     return tuple([(x.shape, x.dtype) if isinstance(x, np.ndarray) else (type(x), x) for x in leaves])
 
 
-def _traced_leaf(leaf):
-    return Node(leaf) if isinstance(leaf, np.ndarray) else leaf
+def _traced_leaf(trace):
+    return lambda leaf: Node(leaf, trace=trace) if isinstance(leaf, np.ndarray) else leaf
 
 
 class _Entry(NamedTuple):
@@ -214,11 +220,16 @@ def staged_value_and_grad(f, argnums=0, has_aux=False):
 
     def trace(args: tuple, kwargs: dict, structure: tree.TreeDef, signature: tuple, static_kwargs: tuple) -> _Entry:
         positions = _argnum_positions(argnums, len(args))
-        primals = _wrap(tuple(args[p] for p in positions), [_arg_name(arg_names, p) for p in positions])
-        traced = [tree.map(_traced_leaf, a) for a in args]
-        for p, wrapped in zip(positions, primals):
-            traced[p] = wrapped
-        out, tape = _record(lambda *a: f(*a, **kwargs), tuple(traced), staging=True)
+        trace = _open_trace(staging=True)
+        try:
+            primals = _wrap(tuple(args[p] for p in positions), [_arg_name(arg_names, p) for p in positions], trace)
+            traced = [tree.map(_traced_leaf(trace), a) for a in args]
+            for p, wrapped in zip(positions, primals):
+                traced[p] = wrapped
+        except BaseException:
+            _close_trace(trace)
+            raise
+        out, tape = _record(lambda *a: f(*a, **kwargs), tuple(traced), trace)
         value, _ = _split_aux(out, has_aux)
         program = Program.from_trace(tree.leaves(tuple(traced)), tape, out, value, _leaf_slots(structure, positions))
         return _Entry(structure, signature, static_kwargs, positions, program)
