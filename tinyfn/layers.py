@@ -31,11 +31,13 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from . import initializers, ops, random, tree
-from .autodiff import Primitive
-from .kernels.elementwise import relu_vjp
+from .autodiff import Primitive, primal_value
 
 __all__ = [
     "Layer",
+    "ParamError",
+    "checked_params",
+    "checked_input",
     "init_with_state",
     "apply_with_state",
     "Dense",
@@ -97,7 +99,66 @@ def apply_with_state(layer: Layer, params, x, state, *, key=None, train=False) -
 
 
 def _shape_str(shape) -> str:
-    return "(" + ", ".join("N" if d == -1 else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+    sides = ["N" if d == -1 else "?" if d is None else str(d) for d in shape]
+    return "(" + ", ".join(sides) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _fits(shape: tuple, expected: tuple) -> bool:
+    """True if ``shape`` matches ``expected``, where a None side matches any size."""
+    return len(shape) == len(expected) and all(e is None or e == n for n, e in zip(shape, expected))
+
+
+class ParamError(ValueError):
+    """A params tree does not fit its layer: a missing or unexpected entry, or a wrong shape.
+
+    ``path`` is the entry's path in the params tree (``"dense_2/w"``); combinators prefix
+    their child's name as the error passes through them.
+    """
+
+    def __init__(self, path: str, problem: str):
+        super().__init__(f"params/{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+    def within(self, child: str) -> "ParamError":
+        """The same error, seen from the combinator holding this layer as ``child``."""
+        return ParamError(f"{child}/{self.path}", self.problem)
+
+
+def checked_params(layer: str, params, expected: dict) -> list:
+    """The entries of ``params`` named in ``expected``, after checking they fit.
+
+    ``expected`` maps each entry's name to its shape (a None side matches any size), or to
+    None for an optional entry that is absent. Raises :class:`ParamError` naming the entry and what was expected and found
+    when ``params`` is not a dict, lacks an entry, has one more, or has one of another shape.
+    """
+    if not isinstance(params, dict):
+        raise ParamError("", f"{layer} expected a dict of parameters {sorted(expected)}, found {type(params).__name__}")
+    for name in params:
+        if name not in expected or expected[name] is None:
+            raise ParamError(str(name), f"{layer} has no parameter {name!r} (its parameters: {sorted(k for k, v in expected.items() if v is not None)})")
+    found = []
+    for name, shape in expected.items():
+        if shape is None:
+            found.append(None)
+            continue
+        if name not in params:
+            raise ParamError(name, f"missing: {layer} expected a parameter of shape {_shape_str(shape)}")
+        value = params[name]
+        if not _fits(np.shape(value), shape):
+            raise ParamError(name, f"{layer} expected shape {_shape_str(shape)}, found {_shape_str(np.shape(value))}")
+        found.append(value)
+    return found
+
+
+def checked_input(layer: str, x, min_ndim: int = 1):
+    """``x`` unchanged if it is an array (or traced value) with at least ``min_ndim`` axes;
+    a TypeError or ValueError naming the layer and what was found otherwise."""
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+        raise TypeError(f"{layer}: expected an array input, found {type(x).__name__}; convert it with np.asarray")
+    if len(x.shape) < min_ndim:
+        raise ValueError(f"{layer}: expected an input with at least {min_ndim} axes, found shape {x.shape}")
+    return x
 
 
 # ----------------------------------------------------------------------------- Dense
@@ -112,27 +173,29 @@ def _dense_impl(x, w, b, *, relu=False):
 
 
 def _dense_forward(x, w, b, *, relu=False):
-    y = _dense_impl(x, w, b, relu=relu)
+    y = dense(x, w, b, relu=relu)
     return y, (x, w, y if relu else None)
 
 
 def _dense_vjp(g, res, needs):
+    # y = x @ w + b, so dx = g @ w.T, dw = x.T @ g and db = g summed over the batch.
     x, w, y = res
     if y is not None:
-        g = relu_vjp(g, y)  # back through the ReLU first: g where the output is positive
+        g = ops.relu_backward(g, y)  # back through the ReLU first: g where the output is positive
     # Inputs may have leading dimensions beyond the batch: fold them into one for the weight gradient.
-    x2 = x.reshape(-1, x.shape[-1])
-    g2 = g.reshape(-1, g.shape[-1])
+    x2 = ops.reshape(x, (-1, np.shape(x)[-1]))
+    g2 = ops.reshape(g, (-1, np.shape(g)[-1]))
     return (
-        g @ w.T if needs[0] else None,
-        x2.T @ g2 if needs[1] else None,
-        g2.sum(axis=0) if needs[2] else None,
+        ops.matmul(g, ops.transpose(w)) if needs[0] else None,
+        ops.matmul(ops.transpose(x2), g2) if needs[1] else None,
+        ops.sum(g2, axis=0) if needs[2] else None,
     )
 
 
 dense = Primitive("dense", _dense_forward, _dense_vjp, impl=_dense_impl)
 """``dense(x, w, b) = x @ w + b``, or ``relu(x @ w + b)`` with ``relu=True``: x (..., in),
-w (in, out), b (out,) -> (..., out); one fused VJP."""
+w (in, out), b (out,) -> (..., out); one fused VJP, written in primitives (so differentiable
+again). The output dtype is numpy's promotion of the inputs' dtypes."""
 
 _ACTIVATIONS = (None, "relu")
 
@@ -153,12 +216,16 @@ def Dense(
     ``Dense(n, activation="relu")`` computes the same numbers as ``serial(Dense(n), Relu())``
     with one graph node instead of two, and its ReLU works in place on the fresh output: the
     fast way to write an MLP.
+
+    The output dtype follows numpy's promotion: float32 params on a float64 input give a
+    float64 output (cast the input to the params' dtype to compute in float32).
     """
     if not (isinstance(out_features, (int, np.integer)) and out_features > 0):
         raise ValueError(f"Dense: out_features must be a positive int, found {out_features!r}")
     if activation not in _ACTIVATIONS:
         raise ValueError(f"Dense: activation must be one of {_ACTIVATIONS}, found {activation!r}")
     relu = activation == "relu"
+    name = f"Dense({out_features})"
 
     def init(key, input_shape):
         if len(input_shape) < 1 or input_shape[-1] is None or input_shape[-1] < 1:
@@ -172,10 +239,10 @@ def Dense(
         return tuple(input_shape[:-1]) + (out_features,), tree.freeze(params)
 
     def apply(params, x, *, key=None, train=False):
-        w = params["w"]
-        if x.shape[-1] != w.shape[0]:
-            raise ValueError(f"Dense({out_features}): expected input with {w.shape[0]} features (last axis), found shape {x.shape}")
-        return dense(x, w, params["b"], relu=relu)
+        w, b = checked_params(name, params, {"w": (None, out_features), "b": (out_features,)})
+        if checked_input(name, x).shape[-1] != w.shape[0]:
+            raise ValueError(f"{name}: expected input with {w.shape[0]} features (last axis), found shape {x.shape}")
+        return dense(x, w, b, relu=relu)
 
     return Layer(init, apply, name="dense")
 
@@ -190,6 +257,8 @@ def _elementwise(name: str, fn) -> Layer:
         return tuple(input_shape), {}
 
     def apply(params, x, *, key=None, train=False):
+        if params:
+            checked_params(name, params, {})  # raises: this layer has no parameters
         return fn(x)
 
     return Layer(init, apply, name=name)
@@ -291,6 +360,15 @@ def _check_layers(combinator: str, layers) -> None:
             raise TypeError(f"{combinator}: argument {i} must be a Layer, found {type(layer).__name__}")
 
 
+def _apply_child(layer: Layer, child: str, params, x, state, *, key, train) -> tuple:
+    """``apply_with_state`` for a combinator's child named ``child``: a :class:`ParamError`
+    from it gains the child's name in its path."""
+    try:
+        return apply_with_state(layer, params, x, state, key=key, train=train)
+    except ParamError as e:
+        raise e.within(child) from None
+
+
 def _make_combinator(name, layers, init_children, apply_children) -> Layer:
     """Build a combinator from functions over all children.
 
@@ -301,7 +379,15 @@ def _make_combinator(name, layers, init_children, apply_children) -> Layer:
     """
     _check_layers(name, layers)
     names = _child_names(layers)
+    known = set(names)
     stateful = any(layer.stateful for layer in layers)
+
+    def check_children(params):
+        if not isinstance(params, dict):
+            raise ParamError("", f"{name} expected a dict of its children's parameters, found {type(params).__name__}")
+        for child in params:
+            if child not in known:
+                raise ParamError(str(child), f"{name} has no child {child!r} (its children: {names})")
 
     def init(key, input_shape):
         out_shape, results = init_children(random.split(key, len(layers)), input_shape)
@@ -310,12 +396,14 @@ def _make_combinator(name, layers, init_children, apply_children) -> Layer:
         return (out_shape, params, state) if stateful else (out_shape, params)
 
     def apply_stateful(params, x, *, state, key=None, train=False):
+        check_children(params)
         child_params = [params.get(n, {}) for n in names]
         child_states = [state.get(n, {}) for n in names]
         y, new_states = apply_children(child_params, x, child_states, _split_keys(key, len(layers)), train)
         return y, {n: s for n, s in zip(names, new_states) if s}
 
     def apply(params, x, *, key=None, train=False):
+        check_children(params)
         y, _ = apply_children([params.get(n, {}) for n in names], x, None, _split_keys(key, len(layers)), train)
         return y
 
@@ -340,14 +428,19 @@ def serial(*layers: Layer) -> Layer:
             shape = result[0]
         return shape, results
 
+    names = _child_names(layers)
+
     def apply_children(params, x, states, keys, train):
         if states is None:  # no state anywhere: the plain loop (the inference hot path)
-            for layer, p, k in zip(layers, params, keys):
-                x = layer.apply(p, x, key=k, train=train)
+            for layer, child, p, k in zip(layers, names, params, keys):
+                try:
+                    x = layer.apply(p, x, key=k, train=train)
+                except ParamError as e:
+                    raise e.within(child) from None
             return x, None
         new_states = []
-        for layer, p, s, k in zip(layers, params, states, keys):
-            x, s = apply_with_state(layer, p, x, s, key=k, train=train)
+        for layer, child, p, s, k in zip(layers, names, params, states, keys):
+            x, s = _apply_child(layer, child, p, x, s, key=k, train=train)
             new_states.append(s)
         return x, new_states
 
@@ -369,7 +462,10 @@ def parallel(*layers: Layer) -> Layer:
         if len(xs) != len(layers):
             raise ValueError(f"parallel: expected {len(layers)} inputs, found {len(xs)}")
         states = states or [{}] * len(layers)
-        outs = [apply_with_state(layer, p, x, s, key=k, train=train) for layer, p, x, s, k in zip(layers, params, xs, states, keys)]
+        outs = [
+            _apply_child(layer, child, p, x, s, key=k, train=train)
+            for layer, child, p, x, s, k in zip(layers, _child_names(layers), params, xs, states, keys)
+        ]
         return tuple(y for y, _ in outs), [s for _, s in outs]
 
     return _make_combinator("parallel", layers, init_children, apply_children)
@@ -441,7 +537,7 @@ def residual(layer: Layer) -> Layer:
         return tuple(input_shape), [result]
 
     def apply_children(params, x, states, keys, train):
-        y, s = apply_with_state(layer, params[0], x, states[0] if states else {}, key=keys[0], train=train)
+        y, s = _apply_child(layer, _child_names([layer])[0], params[0], x, states[0] if states else {}, key=keys[0], train=train)
         return ops.add(x, y), [s]
 
     return _make_combinator("residual", [layer], init_children, apply_children)

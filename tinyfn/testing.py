@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import random, tree
-from .autodiff import vjp
+from .autodiff import VJPError, vjp
 
 __all__ = ["check_grads", "shapes", "arrays", "broadcastable_shapes", "param_trees"]
 
@@ -44,13 +44,16 @@ def _dot(a_list, b_list) -> float:
     return float(sum(np.vdot(a, b).real for a, b in zip(a_list, b_list)))
 
 
-def check_grads(f, args, *, argnums=None, eps=None, rtol=None, atol=None, directions=2, max_jacobian_size=64, seed=0):
+def check_grads(f, args, *, order=1, argnums=None, eps=None, rtol=None, atol=None, directions=2, max_jacobian_size=64, seed=0):
     """Check the gradients tinyfn computes for ``f`` against central finite differences.
 
     Args:
       f: function of ``args`` returning an array or pytree of arrays (any shape).
       args: tuple of arguments; the differentiated ones are pytrees of float arrays
         (use float64 for tight tolerances).
+      order: 1 checks the VJP of ``f``; 2 also checks the derivatives of that VJP (the
+        function ``(args, u) -> J(args)^T u`` for a fixed random cotangent ``u``) against
+        finite differences of the VJP itself, which is what a second derivative is; and so on.
       argnums: which arguments to check (int or tuple); default all.
       eps, rtol, atol: finite-difference step and tolerances; default by dtype
         (float64: 1e-6, 1e-5, 1e-8; float32: 1e-3, 3e-2, 1e-3).
@@ -61,7 +64,9 @@ def check_grads(f, args, *, argnums=None, eps=None, rtol=None, atol=None, direct
         elements, the full Jacobian is also compared entry by entry.
       seed: seed of the random directions (the check is deterministic).
 
-    Raises AssertionError naming the argument, the leaf path and the size of the error.
+    Raises AssertionError naming the argument, the leaf path and the size of the error (and
+    the order of the derivative above 1); a VJP rule that returns cotangents of the wrong
+    number or shape fails the check the same way.
     """
     args = tuple(args)
     if argnums is None:
@@ -76,6 +81,35 @@ def check_grads(f, args, *, argnums=None, eps=None, rtol=None, atol=None, direct
             full[n] = p
         return f(*full)
 
+    tolerances = dict(eps=eps, rtol=rtol, atol=atol, directions=directions, max_jacobian_size=max_jacobian_size, seed=seed)
+    try:
+        _check_first_order(f_of, primals, nums, **tolerances)
+        if order > 1:
+            _check_vjp_derivatives(f_of, primals, order, tolerances)
+    except VJPError as e:
+        raise AssertionError(f"check_grads: {e}") from e
+
+
+def _check_vjp_derivatives(f_of, primals, order: int, tolerances: dict) -> None:
+    """Check derivatives of orders 2..``order``: those of ``(primals, u) -> vjp(u)``."""
+    out = f_of(*primals)
+    keys = random.split(random.key(tolerances["seed"] + order), len(tree.leaves(out)))
+    leaves, treedef = tree.flatten(out)
+    u = tree.unflatten(treedef, [random.normal(k, np.shape(o), np.float64).astype(np.result_type(o)) for k, o in zip(keys, leaves)])
+
+    def vjp_of(*primals_and_u):
+        *ps, cotangent = primals_and_u
+        return vjp(f_of, *ps)[1](cotangent)
+
+    try:
+        check_grads(vjp_of, (*primals, u), order=order - 1, **tolerances)
+    except AssertionError as e:
+        raise AssertionError(f"order {order}: {e}") from None
+
+
+def _check_first_order(f_of, primals, nums, *, eps, rtol, atol, directions, max_jacobian_size, seed) -> None:
+    """The first-order check of :func:`check_grads` on ``f_of(*primals)``; ``nums`` are the
+    primals' positions among the caller's arguments (for messages)."""
     out, vjp_fn = vjp(f_of, *primals)
     out_leaves, out_def = tree.flatten(out)
     out_leaves = [np.asarray(o) for o in out_leaves]
