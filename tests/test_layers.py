@@ -18,17 +18,17 @@ def _init64(layer, input_shape, seed=0):
     return out_shape, tree.map(lambda p: p.astype(np.float64), params)
 
 
-@covers("dense")
+@covers("dense", order=2)
 @given(data=st.data(), batch=st.integers(1, 4), n_in=st.integers(1, 5), n_out=st.integers(1, 4))
 def test_dense_gradient_for_inputs_and_params(data, batch, n_in, n_out):
     layer = L.Dense(n_out)
     _, params = _init64(layer, (-1, n_in))
     params["b"] = data.draw(arrays((n_out,)))
     x = data.draw(arrays((batch, n_in)))
-    check_grads(lambda p, x: layer.apply(p, x), (params, x))
+    check_grads(lambda p, x: layer.apply(p, x), (params, x), order=2)
 
 
-@covers("dense")
+@covers("dense", order=2)
 @given(data=st.data(), batch=st.integers(1, 4), n_in=st.integers(1, 5), n_out=st.integers(1, 4))
 def test_dense_with_fused_relu_gradient_for_inputs_and_params(data, batch, n_in, n_out):
     layer = L.Dense(n_out, activation="relu")
@@ -37,7 +37,7 @@ def test_dense_with_fused_relu_gradient_for_inputs_and_params(data, batch, n_in,
     x = data.draw(arrays((batch, n_in)))
     pre_activation = x @ params["w"] + params["b"]
     assume(np.abs(pre_activation).min() > 1e-3)  # finite differences need to stay off the kink at 0
-    check_grads(lambda p, x: layer.apply(p, x), (params, x))
+    check_grads(lambda p, x: layer.apply(p, x), (params, x), order=2)
 
 
 @given(data=st.data(), batch=st.integers(1, 4), n_in=st.integers(1, 5), n_out=st.integers(1, 4))
@@ -147,3 +147,50 @@ def test_summary_lists_layers_shapes_and_counts():
     assert "dense_0" in lines[2] and "(N, 8)" in lines[2] and lines[2].rstrip().endswith("40")
     assert "relu_1" in lines[3] and lines[3].rstrip().endswith("0")
     assert lines[-1].split()[-1] == "67"
+
+
+def _mlp_params():
+    model = L.serial(L.Dense(8, activation="relu"), L.Dense(3))
+    _, params = model.init(random.key(0), (-1, 4))
+    return model, params
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda p: {"dense_0": p["dense_0"]}, r"params/dense_1/w: missing: Dense\(3\) expected a parameter of shape \(\?, 3\)"),
+        (lambda p: {**p, "dense_9": {}}, r"params/dense_9: serial has no child 'dense_9'"),
+        (lambda p: {**p, "dense_0": {**p["dense_0"], "w": p["dense_0"]["w"].T}}, r"params/dense_0/w: Dense\(8\) expected shape \(\?, 8\), found \(8, 4\)"),
+        (lambda p: {**p, "dense_0": {**p["dense_0"], "scale": np.ones(8)}}, r"params/dense_0/scale: Dense\(8\) has no parameter 'scale'"),
+        (lambda p: [p["dense_0"], p["dense_1"]], r"serial expected a dict of its children's parameters, found list"),
+    ],
+)
+def test_params_that_do_not_fit_the_model_name_the_path_and_shapes(change, message):
+    model, params = _mlp_params()
+    with pytest.raises(L.ParamError, match=message):
+        model.apply(change(params), np.ones((2, 4), np.float32))
+
+
+def test_parameter_free_layers_refuse_parameters():
+    with pytest.raises(L.ParamError, match=r"params/relu_1/w: relu has no parameter 'w'"):
+        L.serial(L.Dense(8), L.Relu()).apply({"dense_0": _mlp_params()[1]["dense_0"], "relu_1": {"w": np.ones(2)}}, np.ones((1, 4)))
+
+
+@pytest.mark.parametrize(
+    "x, error, message",
+    [
+        ([[1.0, 2.0, 3.0, 4.0]], TypeError, r"Dense\(8\): expected an array input, found list"),
+        (np.float32(1.0), ValueError, r"Dense\(8\): expected an input with at least 1 axes, found shape \(\)"),
+        (np.ones((2, 5)), ValueError, r"Dense\(8\): expected input with 4 features \(last axis\), found shape \(2, 5\)"),
+    ],
+)
+def test_dense_names_a_bad_input(x, error, message):
+    model, params = _mlp_params()
+    with pytest.raises(error, match=message):
+        model.apply(params, x)
+
+
+def test_dense_output_dtype_is_numpy_promotion_of_input_and_params():
+    model, params = _mlp_params()
+    assert model.apply(params, np.ones((2, 4), np.float32)).dtype == np.float32
+    assert model.apply(params, np.ones((2, 4), np.float64)).dtype == np.float64

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .autodiff import Node, Primitive
+from . import ops
+from .autodiff import Node, Primitive, primal_value
 
 __all__ = ["softmax_cross_entropy", "binary_cross_entropy_with_logits", "mse", "accuracy"]
 
@@ -20,22 +21,28 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, found {reduction!r}")
 
 
+def _check_not_empty(loss: str, shape: tuple) -> None:
+    if 0 in shape:
+        raise ValueError(f"{loss}: expected a non-empty batch, found predictions of shape {shape}")
+
+
 def _reduce(per_item: np.ndarray, reduction: str):
     if reduction == "none":
         return per_item
     total = per_item.sum()
-    return total / per_item.size if reduction == "mean" and per_item.size else total
+    return total / per_item.size if reduction == "mean" else total
 
 
-def _item_cotangent(g, count: int, reduction: str):
+def _item_cotangent(g, count: int, reduction: str, per_class: bool = False):
     """The cotangent of each per-item loss, from the cotangent ``g`` of the reduced loss: a
     scalar that broadcasts over the items (``g / count`` for a mean, ``g`` for a sum), or
-    ``g`` itself, one entry per item, when nothing was reduced."""
-    return g / count if reduction == "mean" else g
-
-
-def _value(x):
-    return x.value if type(x) is Node else x
+    ``g`` itself, one entry per item, when nothing was reduced (with a trailing axis of 1
+    when ``per_class``, to broadcast over the classes)."""
+    if reduction == "mean":
+        return g / count
+    if reduction == "none" and per_class:
+        return ops.reshape(g, np.shape(g) + (1,))
+    return g
 
 
 # ----------------------------------------------------------------------------- softmax cross-entropy
@@ -55,12 +62,10 @@ def _check_class_indices(labels: np.ndarray, num_classes: int) -> None:
         )
 
 
-def _sce_forward(logits, labels, *, reduction):
+def _sce_impl(logits, labels, *, reduction):
     # log softmax = shifted - log(total), with the row maximum subtracted first so exp cannot overflow
     shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    total = exp.sum(axis=-1, keepdims=True)
-    log_total = np.log(total)
+    log_total = np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
     if labels.dtype.kind in "iu":
         _check_class_indices(labels, logits.shape[-1])
         # only the label's entry of log softmax is needed: no full (N, C) log-probability array
@@ -68,92 +73,126 @@ def _sce_forward(logits, labels, *, reduction):
         per_item = log_total.reshape(labels.shape) - picked
     else:
         per_item = (labels * (log_total - shifted)).sum(axis=-1)
-    return _reduce(per_item, reduction), (shifted, exp, total, log_total, labels, per_item.size, reduction)
+    return _reduce(per_item, reduction)
+
+
+def _sce_forward(logits, labels, *, reduction):
+    out = _softmax_cross_entropy(logits, labels, reduction=reduction)
+    count = int(np.prod(np.shape(logits)[:-1]))
+    return out, (logits, ops.softmax(logits), labels, count, reduction)
+
+
+def _one_hot(labels: np.ndarray, num_classes: int, dtype) -> np.ndarray:
+    encoded = np.zeros(labels.shape + (num_classes,), dtype=dtype)
+    encoded.reshape(-1, num_classes)[_picked(labels)] = 1
+    return encoded
 
 
 def _sce_vjp(g, res, needs):
-    shifted, exp, total, log_total, labels, count, reduction = res
-    g_items = _item_cotangent(g, count, reduction)
-    if reduction == "none":
-        g_items = g_items[..., None]  # one cotangent per item, broadcast over the classes
+    # loss = -sum(labels * log_softmax(logits)), so d/dlogits = softmax(logits) * sum(labels) - labels,
+    # which is p - onehot for class labels, and d/dlabels = -log_softmax(logits).
+    logits, probs, labels, count, reduction = res
+    g_items = _item_cotangent(g, count, reduction, per_class=True)
     g_logits = g_labels = None
     if needs[0]:
-        # d/dlogits = softmax(logits) * sum(labels) - labels, which is p - onehot for class labels
-        grad = exp / total
-        if labels.dtype.kind in "iu":
-            grad.reshape(-1, grad.shape[-1])[_picked(labels)] -= 1  # one entry per row: no repeats
+        if np.result_type(primal_value(labels)).kind in "iu":
+            g_logits = (probs - _one_hot(primal_value(labels), np.shape(probs)[-1], np.result_type(primal_value(probs)))) * g_items
         else:
-            grad = grad * labels.sum(axis=-1, keepdims=True) - labels
-        grad *= g_items
-        g_logits = grad
-    if needs[1] and labels.dtype.kind not in "iu":
-        g_labels = (log_total - shifted) * g_items  # -log softmax
+            g_logits = (probs * ops.sum(labels, axis=-1, keepdims=True) - labels) * g_items
+    if needs[1]:
+        g_labels = -ops.log_softmax(logits) * g_items
     return g_logits, g_labels
 
 
-_softmax_cross_entropy = Primitive("softmax_cross_entropy", _sce_forward, _sce_vjp)
+_softmax_cross_entropy = Primitive("softmax_cross_entropy", _sce_forward, _sce_vjp, impl=_sce_impl)
 
 
 def softmax_cross_entropy(logits, labels, reduction: str = "mean"):
     """Cross-entropy between ``softmax(logits)`` and the labels.
 
     Args:
-      logits: ``(..., C)`` unnormalised scores.
+      logits: ``(..., C)`` unnormalised scores, C >= 1, a non-empty batch.
       labels: integer class indices ``(...)`` in ``[0, C)``, or one-hot/soft label
         distributions ``(..., C)`` (float, rows summing to 1).
       reduction: ``"mean"`` over samples (default), ``"sum"`` or ``"none"`` (shape ``(...)``).
+
+    Returns a scalar (or the per-sample losses for ``"none"``). Differentiable to any order
+    in the logits and in soft labels.
     """
     _check_reduction(reduction)
-    logit_shape = _value(logits).shape
+    logit_shape = np.shape(logits)
+    if len(logit_shape) < 1 or logit_shape[-1] < 1:
+        raise ValueError(f"softmax_cross_entropy: expected logits (..., C) with C >= 1 classes, found shape {logit_shape}")
+    _check_not_empty("softmax_cross_entropy", logit_shape)
     if type(labels) is not Node:
         labels = np.asarray(labels)
-    label_values = _value(labels)
-    if label_values.dtype.kind in "iu":
-        if label_values.shape != logit_shape[:-1]:
-            raise ValueError(f"softmax_cross_entropy: integer labels must have shape {logit_shape[:-1]}, found {label_values.shape}")
-    elif label_values.shape != logit_shape:
-        raise ValueError(f"softmax_cross_entropy: one-hot/soft labels must have the logits' shape {logit_shape}, found {label_values.shape}")
+    label_shape, label_kind = np.shape(labels), np.result_type(primal_value(labels)).kind
+    if label_kind in "iu":
+        if label_shape != logit_shape[:-1]:
+            raise ValueError(f"softmax_cross_entropy: integer labels must have shape {logit_shape[:-1]}, found {label_shape}")
+    elif label_kind != "f":
+        raise TypeError(
+            f"softmax_cross_entropy: expected integer class indices or float one-hot/soft labels, "
+            f"found labels of dtype {np.result_type(primal_value(labels))}"
+        )
+    elif label_shape == logit_shape[:-1] and logit_shape[-1] != 1:
+        raise ValueError(
+            f"softmax_cross_entropy: float labels of shape {label_shape} look like class indices; "
+            f"pass them as integers (labels.astype(int)), or as one-hot rows of shape {logit_shape}"
+        )
+    elif label_shape != logit_shape:
+        raise ValueError(f"softmax_cross_entropy: one-hot/soft labels must have the logits' shape {logit_shape}, found {label_shape}")
     return _softmax_cross_entropy(logits, labels, reduction=reduction)
 
 
 # ----------------------------------------------------------------------------- binary cross-entropy
 
 
-def _bce_forward(logits, labels, *, reduction):
-    if labels.dtype.kind != "f":  # int or bool targets count as 0.0 and 1.0
-        labels = labels.astype(logits.dtype)
+def _bce_impl(logits, labels, *, reduction):
     # -[y log s(z) + (1 - y) log(1 - s(z))] = max(z, 0) - z y + log(1 + exp(-|z|))
     per_item = np.maximum(logits, 0) - logits * labels + np.log1p(np.exp(-np.abs(logits)))
-    return _reduce(per_item, reduction), (logits, labels, reduction)
+    return _reduce(per_item, reduction)
 
 
 def _bce_vjp(g, res, needs):
+    # d/dz = sigmoid(z) - y and d/dy = -z, per item
     logits, labels, reduction = res
-    g_items = _item_cotangent(g, np.size(logits), reduction)
-    e = np.exp(-np.abs(logits))
-    sigmoid = np.where(logits >= 0, 1 / (1 + e), e / (1 + e))
+    g_items = _item_cotangent(g, np.size(primal_value(logits)), reduction)
     return (
-        ((sigmoid - labels) * g_items).astype(logits.dtype, copy=False) if needs[0] else None,
+        (ops.sigmoid(logits) - labels) * g_items if needs[0] else None,
         -logits * g_items if needs[1] else None,
     )
 
 
-_binary_cross_entropy = Primitive("binary_cross_entropy_with_logits", _bce_forward, _bce_vjp)
+_binary_cross_entropy = Primitive(
+    "binary_cross_entropy_with_logits",
+    lambda logits, labels, *, reduction: (
+        _binary_cross_entropy(logits, labels, reduction=reduction),
+        (logits, labels, reduction),
+    ),
+    _bce_vjp,
+    impl=_bce_impl,
+)
 
 
 def binary_cross_entropy_with_logits(logits, labels, reduction: str = "mean"):
     """Binary cross-entropy between ``sigmoid(logits)`` and targets in [0, 1].
 
-    ``logits`` and ``labels`` have the same shape (labels may be int or float); the mean is
-    over all elements.
+    ``logits`` and ``labels`` have the same, non-empty shape (int or bool labels count as 0.0
+    and 1.0); the mean is over all elements. Differentiable to any order.
     """
     _check_reduction(reduction)
+    logit_shape = np.shape(logits)
+    _check_not_empty("binary_cross_entropy_with_logits", logit_shape)
     if type(labels) is not Node:
         labels = np.asarray(labels)
-    label_values = _value(labels)
-    if label_values.shape != _value(logits).shape:
+        if labels.dtype.kind in "biu":
+            labels = labels.astype(np.result_type(primal_value(logits)))
+        elif labels.dtype.kind != "f":
+            raise TypeError(f"binary_cross_entropy_with_logits: expected numeric labels in [0, 1], found dtype {labels.dtype}")
+    if np.shape(labels) != logit_shape:
         raise ValueError(
-            f"binary_cross_entropy_with_logits: labels must have the logits' shape {_value(logits).shape}, found {label_values.shape}"
+            f"binary_cross_entropy_with_logits: labels must have the logits' shape {logit_shape}, found {np.shape(labels)}"
         )
     return _binary_cross_entropy(logits, labels, reduction=reduction)
 
@@ -161,25 +200,32 @@ def binary_cross_entropy_with_logits(logits, labels, reduction: str = "mean"):
 # ----------------------------------------------------------------------------- mean squared error
 
 
-def _mse_forward(predictions, targets, *, reduction):
-    diff = predictions - targets
-    return _reduce(diff * diff, reduction), (diff, reduction)
-
-
 def _mse_vjp(g, res, needs):
     diff, reduction = res
-    g_diff = 2 * diff * _item_cotangent(g, diff.size, reduction)
+    g_diff = 2 * diff * _item_cotangent(g, np.size(primal_value(diff)), reduction)
     return (g_diff if needs[0] else None, -g_diff if needs[1] else None)
 
 
-_mse = Primitive("mse", _mse_forward, _mse_vjp)
+_mse = Primitive(
+    "mse",
+    lambda predictions, targets, *, reduction: (
+        _mse(predictions, targets, reduction=reduction),
+        (ops.subtract(predictions, targets), reduction),
+    ),
+    _mse_vjp,
+    impl=lambda predictions, targets, *, reduction: _reduce(np.square(np.subtract(predictions, targets)), reduction),
+)
 
 
 def mse(predictions, targets, reduction: str = "mean"):
-    """Mean squared error ``(predictions - targets)**2``, averaged over all elements by default."""
+    """Mean squared error ``(predictions - targets)**2``, averaged over all elements by default.
+
+    ``predictions`` and ``targets`` have the same, non-empty shape. Differentiable to any order.
+    """
     _check_reduction(reduction)
-    if np.shape(_value(predictions)) != np.shape(_value(targets)):
-        raise ValueError(f"mse: predictions have shape {np.shape(_value(predictions))} but targets {np.shape(_value(targets))}")
+    if np.shape(predictions) != np.shape(targets):
+        raise ValueError(f"mse: predictions have shape {np.shape(predictions)} but targets {np.shape(targets)}")
+    _check_not_empty("mse", np.shape(predictions))
     return _mse(predictions, targets, reduction=reduction)
 
 
@@ -189,15 +235,23 @@ def mse(predictions, targets, reduction: str = "mean"):
 def accuracy(logits, labels) -> float:
     """Fraction of correct predictions (a float; not differentiable).
 
-    Multi-class logits ``(N, C)`` with integer labels ``(N,)`` (or one-hot ``(N, C)``) compare
-    the arg-max; binary logits ``(N,)`` or ``(N, 1)`` predict class 1 where the logit is > 0.
+    Multi-class logits ``(N, C)`` with integer labels ``(N,)`` in ``[0, C)`` (or one-hot
+    ``(N, C)``) compare the arg-max; binary logits ``(N,)`` or ``(N, 1)`` with labels 0 or 1
+    predict class 1 where the logit is > 0. A ValueError names the problem for an empty
+    batch, shapes that do not match, or labels outside the classes.
     """
-    logits = np.asarray(_value(logits))
-    labels = np.asarray(_value(labels))
-    if logits.ndim == labels.ndim and logits.shape[-1] > 1 and labels.dtype.kind == "f":
-        labels = labels.argmax(axis=-1)
-    if logits.ndim == 1 or logits.shape[-1] == 1:
-        predicted = (logits.reshape(labels.shape) > 0).astype(labels.dtype)
-    else:
-        predicted = logits.argmax(axis=-1)
+    logits = np.asarray(primal_value(logits))
+    labels = np.asarray(primal_value(labels))
+    if logits.ndim == 0 or logits.size == 0:
+        raise ValueError(f"accuracy: expected a non-empty batch of logits, found shape {logits.shape}")
+    binary = logits.ndim == 1 or logits.shape[-1] == 1
+    if not binary and labels.shape == logits.shape and labels.dtype.kind == "f":
+        labels = labels.argmax(axis=-1)  # one-hot rows
+    expected = logits.shape[:1] if binary else logits.shape[:-1]
+    if labels.shape != expected:
+        raise ValueError(f"accuracy: expected labels of shape {expected} for logits of shape {logits.shape}, found {labels.shape}")
+    classes = 2 if binary else logits.shape[-1]
+    if labels.dtype.kind not in "biuf" or not np.all((labels >= 0) & (labels < classes) & (labels == np.round(labels))):
+        raise ValueError(f"accuracy: expected class labels in [0, {classes}), found {np.unique(labels)[:10]}")
+    predicted = (logits.reshape(-1) > 0) if binary else logits.argmax(axis=-1)
     return float(np.mean(predicted == labels))
