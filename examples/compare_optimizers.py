@@ -1,7 +1,7 @@
 """Plain SGD (30 epochs, the `tinyfn train digits` defaults) against Adam (10 epochs, lr 3e-3 with
 warm-up and cosine decay) on the digits MLP, over several seeds; draws the validation curves.
 
-Run:  python examples/compare_optimizers.py [OUT_PNG]
+Run:  python examples/compare_optimizers.py [OUT_PNG]     (default: runs/sgd-vs-adam.png)
 It runs the same code path as `tinyfn train digits` and prints the test accuracy of every run.
 """
 
@@ -27,7 +27,7 @@ def run(flags, seed, folder):
     return accuracy, saved["history"]
 
 
-def main(out_png=Path("sgd-vs-adam.png"), seeds=range(5)):
+def main(out_png=Path("runs/sgd-vs-adam.png"), seeds=range(5)):
     results = {label: [] for label in RUNS}
     curves = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -39,9 +39,10 @@ def main(out_png=Path("sgd-vs-adam.png"), seeds=range(5)):
                     curves[label] = history
     for label, accuracies in results.items():
         print(f"{label:32s} test accuracy per seed {[round(a, 4) for a in accuracies]}  mean {np.mean(accuracies):.4f}")
+    out_png.parent.mkdir(parents=True, exist_ok=True)
     print(f"wrote {viz.plot_comparison(curves, out_png, title='digits MLP, seed 0')}")
     return results
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("sgd-vs-adam.png"))
+    main(Path(sys.argv[1])) if len(sys.argv) > 1 else main()

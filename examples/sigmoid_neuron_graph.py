@@ -1,7 +1,7 @@
 """The graph of one sigmoid neuron, f(W, b) = sigmoid(sum_i w_i x_i + b) with n = 2.
 
-Run:  python examples/sigmoid_neuron_graph.py [OUT_FOLDER]
-Writes neuron.dot, and neuron.svg when Graphviz's `dot` program is installed; prints the
+Run:  python examples/sigmoid_neuron_graph.py [OUT_FOLDER]     (default: runs/sigmoid-neuron)
+Writes OUT_FOLDER/neuron.dot, and neuron.svg when Graphviz's `dot` program is installed; prints the
 nodes in topological order and the gradients.
 """
 
@@ -21,7 +21,7 @@ def neuron(W, b):
     return ops.sigmoid(ops.sum(W * x) + b)
 
 
-def main(out=Path(".")):
+def main(out=Path("runs/sigmoid-neuron")):
     out.mkdir(parents=True, exist_ok=True)
     W, b = np.array([0.2, -0.4]), np.array(0.1)
     graph = tinyfn.graph(neuron, W, b)
@@ -39,4 +39,4 @@ def main(out=Path(".")):
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("."))
+    main(Path(sys.argv[1])) if len(sys.argv) > 1 else main()
