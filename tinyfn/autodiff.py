@@ -22,20 +22,20 @@ The model in five sentences:
 5. :func:`vjp`, :func:`grad` and :func:`value_and_grad` wrap that for functions of pytrees;
    :mod:`tinyfn.transforms` builds ``jvp``, ``hvp``, ``jacobian`` and ``hessian`` on them.
 
-Defining your own primitive::
+Defining your own primitive:
 
-    import numpy as np
-    import tinyfn
-    from tinyfn.autodiff import Primitive
-
-    def _cube_forward(x):
-        return x ** 3, x                      # output, residuals for the backward pass
-
-    def _cube_vjp(g, x, needs):
-        return (g * 3 * x ** 2,)              # one cotangent per positional input
-
-    cube = Primitive("cube", _cube_forward, _cube_vjp)
-    tinyfn.grad(lambda x: cube(x).sum())(np.array([1.0, 2.0]))   # -> [3., 12.]
+>>> import numpy as np
+>>> import tinyfn
+>>> from tinyfn.autodiff import Primitive
+>>> def cube_forward(x):
+...     return x ** 3, x                      # output, residuals for the backward pass
+>>> def cube_vjp(g, x, needs):
+...     return (g * 3 * x ** 2,)              # one cotangent per positional input
+>>> cube = Primitive("cube", cube_forward, cube_vjp)
+>>> tinyfn.grad(lambda x: cube(x).sum())(np.array([1.0, 2.0]))
+array([ 3., 12.])
+>>> float(tinyfn.grad(tinyfn.grad(cube))(2.0))   # d2/dx2 x^3 = 6x
+12.0
 
 Written with operators (or :mod:`tinyfn.ops`) as here, both functions also work on the Nodes
 of an outer trace, so ``cube`` can be differentiated twice. Every cotangent a VJP returns is

@@ -1,10 +1,15 @@
 """Layers as pure ``(init, apply)`` pairs, and combinators that compose them.
 
-A layer is a :class:`Layer`, which unpacks as a pair::
+A layer is a :class:`Layer`, which unpacks as a pair:
 
-    init, apply = Dense(10)
-    out_shape, params = init(key, (-1, 4))          # -1: any batch size
-    y = apply(params, x)                             # x: (batch, 4) -> y: (batch, 10)
+>>> import numpy as np
+>>> from tinyfn import layers, random
+>>> init, apply = layers.Dense(10)
+>>> out_shape, params = init(random.key(0), (-1, 4))   # -1: any batch size
+>>> out_shape
+(-1, 10)
+>>> apply(params, np.ones((2, 4), np.float32)).shape   # x: (batch, 4) -> y: (batch, 10)
+(2, 10)
 
 ``init(key, input_shape) -> (output_shape, params)`` and
 ``apply(params, x, *, key=None, train=False) -> y``. Params are dicts with string keys

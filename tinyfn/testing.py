@@ -1,13 +1,14 @@
 """Gradient checks and hypothesis strategies for testing differentiable code.
 
-Use these in your own tests::
+Use these in your own tests:
 
-    from hypothesis import given
-    from tinyfn.testing import arrays, check_grads, shapes
-
-    @given(arrays(shapes()))
-    def test_my_loss_gradient(x):
-        check_grads(my_loss, (x,))
+>>> from hypothesis import given
+>>> from tinyfn import ops
+>>> from tinyfn.testing import arrays, check_grads, shapes
+>>> @given(arrays(shapes()))
+... def test_my_loss_gradient(x):
+...     check_grads(lambda x: ops.sum(ops.tanh(x) ** 2), (x,), order=2)
+>>> test_my_loss_gradient()
 
 :func:`check_grads` compares the VJP that tinyfn computes with central finite differences of
 the function itself, so it never trusts the implementation's own gradient numbers.
