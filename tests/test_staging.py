@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import tinyfn
 from tinyfn import layers as tl
-from tinyfn import ops, tree
+from tinyfn import losses, ops, tree
 from tinyfn.testing import arrays
 
 
@@ -128,8 +128,29 @@ def test_numpy_on_a_traced_argument_is_refused():
 
 def test_comparing_traced_values_is_refused():
     staged = tinyfn.value_and_grad(lambda w, x: ops.where(x > 0, w, -w).sum(), static_graph=True)
-    with pytest.raises(TypeError, match="comparing traced values"):
+    with pytest.raises(TypeError, match=r"static_graph: comparing traced values \(x > 0, ==, ...\) reads the value of a traced array"):
         staged(np.ones(3), np.ones(3))
+
+
+def test_a_metric_of_traced_values_is_refused_rather_than_frozen():
+    # accuracy(...) in aux was computed once at the trace and replayed for every later batch
+    def loss(w, x, y):
+        logits = x * w
+        return losses.softmax_cross_entropy(logits, y), losses.accuracy(logits, y)
+
+    staged = tinyfn.value_and_grad(loss, has_aux=True, static_graph=True)
+    with pytest.raises(TypeError, match="static_graph: accuracy reads the value of a traced array"):
+        staged(np.ones(3), np.ones((2, 3)), np.array([0, 1]))
+
+
+def test_a_grad_inside_a_static_graph_is_refused_clearly():
+    inner = tinyfn.grad(lambda x: (x * x).sum())
+    staged = tinyfn.value_and_grad(lambda w: (inner(w) * w).sum(), static_graph=True)
+    with pytest.raises(TypeError, match="static_graph: a function differentiated with a static graph cannot itself differentiate"):
+        staged(np.ones(3))
+    # and a static graph cannot run inside another differentiation
+    with pytest.raises(TypeError, match="static_graph"):
+        tinyfn.grad(lambda w: tinyfn.value_and_grad(lambda v: (v * v).sum(), static_graph=True)(w)[0])(np.ones(3))
 
 
 def test_a_plain_array_in_the_output_is_refused_with_its_path():

@@ -63,6 +63,7 @@ __all__ = [
     "toposort",
     "is_traced",
     "primal_value",
+    "concrete_value",
 ]
 
 PRIMITIVES: dict[str, "Primitive"] = {}
@@ -259,6 +260,21 @@ def primal_value(x):
     while type(x) is Node:
         x = x.value
     return x
+
+
+def concrete_value(x, reader: str):
+    """The plain array under ``x``, for code that reads values (a metric, a comparison).
+
+    Under a static graph (see :mod:`tinyfn.staging`) the value read at the trace would be
+    replayed on every later call, so a traced ``x`` there raises a TypeError naming ``reader``.
+    """
+    if type(x) is Node and x.trace.staging:
+        raise TypeError(
+            f"static_graph: {reader} reads the value of a traced array, which a replay would freeze at "
+            "the first call; compute it outside the differentiated function, or use value_and_grad "
+            "without static_graph"
+        )
+    return primal_value(x)
 
 
 def toposort(outputs) -> list[Node]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ops
-from .autodiff import Node, Primitive, primal_value
+from .autodiff import Node, Primitive, concrete_value, primal_value
 
 __all__ = ["softmax_cross_entropy", "binary_cross_entropy_with_logits", "mse", "accuracy"]
 
@@ -240,8 +240,8 @@ def accuracy(logits, labels) -> float:
     predict class 1 where the logit is > 0. A ValueError names the problem for an empty
     batch, shapes that do not match, or labels outside the classes.
     """
-    logits = np.asarray(primal_value(logits))
-    labels = np.asarray(primal_value(labels))
+    logits = np.asarray(concrete_value(logits, "accuracy"))
+    labels = np.asarray(concrete_value(labels, "accuracy"))
     if logits.ndim == 0 or logits.size == 0:
         raise ValueError(f"accuracy: expected a non-empty batch of logits, found shape {logits.shape}")
     binary = logits.ndim == 1 or logits.shape[-1] == 1

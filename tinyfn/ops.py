@@ -23,7 +23,7 @@ import builtins
 import numpy as np
 from numpy.lib.array_utils import normalize_axis_tuple
 
-from .autodiff import Node, Primitive, primal_value
+from .autodiff import Node, Primitive, concrete_value, primal_value
 from .kernels.elementwise import relu_vjp
 
 # ----------------------------------------------------------------------------- helpers
@@ -491,18 +491,11 @@ def softmax(x, axis=-1):
 
 
 def _compared(x):
-    """The array a comparison reads: a Node's value (comparisons are not differentiable).
+    """The array a comparison reads: a Node's value (comparisons are not differentiable;
+    under a static graph the result would be frozen at the trace, so comparing there raises)."""
+    return concrete_value(x, "comparing traced values (x > 0, ==, ...)")
 
-    Under a static graph the result would be frozen at the trace, so comparing there raises.
-    """
-    if type(x) is not Node:
-        return x
-    if x.trace.staging:
-        raise TypeError(
-            "static_graph: comparing traced values would freeze the result at the first call; "
-            "use a primitive (tinyfn.ops.relu, maximum, ...) or value_and_grad without static_graph"
-        )
-    return primal_value(x)
+
 def _install_operators():
     """Give traced values the arithmetic operators, so losses are written as plain Python."""
 
