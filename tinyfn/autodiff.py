@@ -110,12 +110,15 @@ class Primitive:
         PRIMITIVES[name] = self
 
     def __call__(self, *args, **params):
-        trace = None
+        for a in args:
+            if type(a) is Node:
+                break
+        else:  # no traced argument: just compute, recording nothing
+            return self.impl(*args, **params)
+        trace = None  # the innermost trace among the arguments records the call
         for a in args:
             if type(a) is Node and (trace is None or a.trace.level > trace.level):
                 trace = a.trace
-        if trace is None:  # no traced argument: just compute, recording nothing
-            return self.impl(*args, **params)
         # Unwrap this trace's Nodes only: Nodes of outer traces go into the forward, which
         # records them on their own tapes.
         inner = [a.value if type(a) is Node and a.trace is trace else a for a in args]
@@ -215,11 +218,13 @@ class Node:
 
     @property
     def shape(self):
-        return np.shape(primal_value(self))
+        value = self.value
+        return value.shape if type(value) is np.ndarray else np.shape(primal_value(value))
 
     @property
     def dtype(self):
-        return np.result_type(primal_value(self))
+        value = self.value
+        return value.dtype if type(value) is np.ndarray else np.result_type(primal_value(value))
 
     @property
     def ndim(self):
@@ -318,14 +323,31 @@ def _backward(tape: list[Node], roots: list[Node], seeds: list) -> dict[int, obj
         g = pending.pop(id(node), None)
         if g is None:
             continue
-        args, primitive = node.args, node.primitive
-        needs = primitive.needs(args, node.trace)
+        args, primitive, trace = node.args, node.primitive, node.trace
+        if primitive.nondiff:
+            needs = primitive.needs(args, trace)
+        else:
+            needs = tuple([type(a) is Node and a.trace is trace for a in args])
         cotangents = primitive.vjp(g, node.residuals, needs)
-        primitive.check_cotangents(cotangents, [np.shape(a) for a in args], needs)
+        checked = False
         for a, ct, need in zip(args, cotangents, needs):
             if need:
+                # The usual case, checked inline: numpy arrays of one shape, a float cotangent.
+                # Anything else gets the full check, once, which names a mistake.
+                value = a.value
+                if not (
+                    checked
+                    or type(ct) is np.ndarray
+                    and type(value) is np.ndarray
+                    and ct.shape == value.shape
+                    and ct.dtype.kind in "fc"
+                ):
+                    primitive.check_cotangents(cotangents, [np.shape(a) for a in args], needs)
+                    checked = True
                 earlier = pending.get(id(a))
                 pending[id(a)] = ct if earlier is None else earlier + ct  # a value used twice
+        if not checked and (type(cotangents) is not tuple or len(cotangents) != len(args)):
+            primitive.check_cotangents(cotangents, [np.shape(a) for a in args], needs)
     return pending
 
 
@@ -336,7 +358,7 @@ class _NotDifferentiable(TypeError):
 def _as_input(trace: _Trace):
     def wrap(leaf) -> Node:
         value = leaf if type(leaf) is Node else np.asarray(leaf)
-        if np.result_type(primal_value(value)).kind not in "fc":
+        if value.dtype.kind not in "fc":
             raise _NotDifferentiable
         return Node(value, trace=trace)
 

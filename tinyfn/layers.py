@@ -110,7 +110,12 @@ def _shape_str(shape) -> str:
 
 def _fits(shape: tuple, expected: tuple) -> bool:
     """True if ``shape`` matches ``expected``, where a None side matches any size."""
-    return len(shape) == len(expected) and all(e is None or e == n for n, e in zip(shape, expected))
+    if len(shape) != len(expected):
+        return False
+    for n, e in zip(shape, expected):
+        if e is not None and e != n:
+            return False
+    return True
 
 
 class ParamError(ValueError):
@@ -137,6 +142,15 @@ def checked_params(layer: str, params, expected: dict) -> list:
     None for an optional entry that is absent. Raises :class:`ParamError` naming the entry and what was expected and found
     when ``params`` is not a dict, lacks an entry, has one more, or has one of another shape.
     """
+    if type(params) is dict and len(params) == len(expected):  # the usual case, checked quickly
+        found = []
+        for name, shape in expected.items():
+            value = params.get(name)
+            if value is None or shape is None or not _fits(np.shape(value), shape):
+                break
+            found.append(value)
+        else:
+            return found
     if not isinstance(params, dict):
         raise ParamError("", f"{layer} expected a dict of parameters {sorted(expected)}, found {type(params).__name__}")
     for name in params:
@@ -188,8 +202,8 @@ def _dense_vjp(g, res, needs):
     if y is not None:
         g = ops.relu_backward(g, y)  # back through the ReLU first: g where the output is positive
     # Inputs may have leading dimensions beyond the batch: fold them into one for the weight gradient.
-    x2 = ops.reshape(x, (-1, np.shape(x)[-1]))
-    g2 = ops.reshape(g, (-1, np.shape(g)[-1]))
+    x2 = x if x.ndim == 2 else ops.reshape(x, (-1, x.shape[-1]))
+    g2 = g if g.ndim == 2 else ops.reshape(g, (-1, g.shape[-1]))
     return (
         ops.matmul(g, ops.transpose(w)) if needs[0] else None,
         ops.matmul(ops.transpose(x2), g2) if needs[1] else None,
@@ -231,6 +245,7 @@ def Dense(
         raise ValueError(f"Dense: activation must be one of {_ACTIVATIONS}, found {activation!r}")
     relu = activation == "relu"
     name = f"Dense({out_features})"
+    expected = {"w": (None, out_features), "b": (out_features,)}
 
     def init(key, input_shape):
         if len(input_shape) < 1 or input_shape[-1] is None or input_shape[-1] < 1:
@@ -244,7 +259,7 @@ def Dense(
         return tuple(input_shape[:-1]) + (out_features,), tree.freeze(params)
 
     def apply(params, x, *, key=None, train=False):
-        w, b = checked_params(name, params, {"w": (None, out_features), "b": (out_features,)})
+        w, b = checked_params(name, params, expected)
         if checked_input(name, x).shape[-1] != w.shape[0]:
             raise ValueError(f"{name}: expected input with {w.shape[0]} features (last axis), found shape {x.shape}")
         return dense(x, w, b, relu=relu)

@@ -238,7 +238,7 @@ _sum = Primitive(
     "sum",
     lambda x, *, axis, keepdims: (_sum(x, axis=axis, keepdims=keepdims), (np.shape(x), axis, keepdims)),
     _sum_vjp,
-    impl=lambda x, *, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims),
+    impl=lambda x, *, axis, keepdims: np.add.reduce(x, axis=axis, keepdims=keepdims),
 )
 _mean = Primitive(
     "mean", _mean_forward, _mean_vjp, impl=lambda x, *, axis, keepdims: np.mean(x, axis=axis, keepdims=keepdims)
@@ -311,8 +311,6 @@ _reshape = Primitive(
 
 def reshape(x, shape):
     """``x`` with a new shape (one entry may be -1), like ``np.reshape``."""
-    if np.shape(x) == tuple(shape):
-        return x
     return _reshape(x, shape=shape)
 
 
@@ -325,7 +323,7 @@ _transpose = Primitive(
     "transpose",
     lambda x, *, axes: (_transpose(x, axes=axes), (np.ndim(x), axes)),
     _transpose_vjp,
-    impl=lambda x, *, axes: np.transpose(x, axes),
+    impl=lambda x, *, axes: np.asarray(x).transpose(axes),
 )
 
 
