@@ -1,0 +1,95 @@
+"""The fully connected layer and its fused primitive: ``x @ w + b``, optionally through a ReLU."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import initializers, ops, random, tree
+from ..autodiff import Primitive
+from .base import Layer, checked_input, checked_params
+
+__all__ = ["dense", "Dense"]
+
+
+def _dense_impl(x, w, b, *, relu=False):
+    y = x @ w
+    y += b
+    if relu:
+        np.maximum(y, 0, out=y)  # y is a fresh array: the ReLU can overwrite it
+    return y
+
+
+def _dense_forward(x, w, b, *, relu=False):
+    y = dense(x, w, b, relu=relu)
+    return y, (x, w, y if relu else None)
+
+
+def _dense_vjp(g, res, needs):
+    # y = x @ w + b, so dx = g @ w.T, dw = x.T @ g and db = g summed over the batch.
+    x, w, y = res
+    if y is not None:
+        g = ops.relu_backward(g, y)  # back through the ReLU first: g where the output is positive
+    # Inputs may have leading dimensions beyond the batch: fold them into one for the weight gradient.
+    x2 = x if x.ndim == 2 else ops.reshape(x, (-1, x.shape[-1]))
+    g2 = g if g.ndim == 2 else ops.reshape(g, (-1, g.shape[-1]))
+    return (
+        ops.matmul(g, ops.transpose(w)) if needs[0] else None,
+        ops.matmul(ops.transpose(x2), g2) if needs[1] else None,
+        ops.sum(g2, axis=0) if needs[2] else None,
+    )
+
+
+dense = Primitive("dense", _dense_forward, _dense_vjp, impl=_dense_impl)
+"""``dense(x, w, b) = x @ w + b``, or ``relu(x @ w + b)`` with ``relu=True``: x (..., in),
+w (in, out), b (out,) -> (..., out); one fused VJP, written in primitives (so differentiable
+again). The output dtype is numpy's promotion of the inputs' dtypes."""
+
+_ACTIVATIONS = (None, "relu")
+
+
+def Dense(
+    out_features: int,
+    w_init=initializers.glorot_uniform,
+    b_init=initializers.zeros,
+    dtype=np.float32,
+    activation: str | None = None,
+) -> Layer:
+    """A fully connected layer ``y = x @ w + b``; with ``activation="relu"``, ``relu(x @ w + b)``.
+
+    Params ``{"w": (in, out), "b": (out,)}``. Default initialisation: Glorot-uniform weights
+    (``initializers.glorot_uniform``; pass ``initializers.he_normal`` for deep ReLU stacks)
+    and zero biases. Input ``(..., in)``, output ``(..., out_features)``.
+
+    ``Dense(n, activation="relu")`` computes the same numbers as ``serial(Dense(n), Relu())``
+    with one graph node instead of two, and its ReLU works in place on the fresh output: the
+    fast way to write an MLP.
+
+    The output dtype follows numpy's promotion: float32 params on a float64 input give a
+    float64 output (cast the input to the params' dtype to compute in float32).
+    """
+    if not (isinstance(out_features, (int, np.integer)) and out_features > 0):
+        raise ValueError(f"Dense: out_features must be a positive int, found {out_features!r}")
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"Dense: activation must be one of {_ACTIVATIONS}, found {activation!r}")
+    relu = activation == "relu"
+    name = f"Dense({out_features})"
+    expected = {"w": (None, out_features), "b": (out_features,)}
+
+    def init(key, input_shape):
+        if len(input_shape) < 1 or input_shape[-1] is None or input_shape[-1] < 1:
+            raise ValueError(f"Dense({out_features}): expected an input shape (batch, features), found {input_shape}")
+        w_key, b_key = random.split(key)
+        in_features = input_shape[-1]
+        params = {
+            "w": w_init(w_key, (in_features, out_features), dtype),
+            "b": b_init(b_key, (out_features,), dtype),
+        }
+        return tuple(input_shape[:-1]) + (out_features,), tree.freeze(params)
+
+    def apply(params, x, *, key=None, train=False):
+        w, b = checked_params(name, params, expected)
+        if checked_input(name, x).shape[-1] != w.shape[0]:
+            raise ValueError(f"{name}: expected input with {w.shape[0]} features (last axis), found shape {x.shape}")
+        return dense(x, w, b, relu=relu)
+
+    return Layer(init, apply, name="dense")
