@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from tinyfn import layers as L
 from tinyfn import random, tree, vjp
-from tinyfn.testing import arrays, check_grads
+from tinyfn.testing import arrays, check_grads, shapes
 
 from gradient_registry import covers
 
@@ -194,3 +194,19 @@ def test_dense_output_dtype_is_numpy_promotion_of_input_and_params():
     model, params = _mlp_params()
     assert model.apply(params, np.ones((2, 4), np.float32)).dtype == np.float32
     assert model.apply(params, np.ones((2, 4), np.float64)).dtype == np.float64
+
+
+@given(arrays(shapes(min_dims=1, max_dims=2), low=-4, high=4))
+def test_gelu_matches_the_normal_cdf_formula_and_its_derivatives(x):
+    from math import erf, exp, pi, sqrt, tanh
+
+    exact, approx = L.GELU(), L.GELU(approximate=True)
+    phi = np.vectorize(lambda v: 0.5 * (1 + erf(v / sqrt(2))))
+    np.testing.assert_allclose(exact.apply({}, x), x * phi(x), rtol=1e-12, atol=1e-15)
+    tanh_form = np.vectorize(lambda v: 0.5 * v * (1 + tanh(sqrt(2 / pi) * (v + 0.044715 * v**3))))
+    np.testing.assert_allclose(approx.apply({}, x), tanh_form(x), rtol=1e-12, atol=1e-15)
+    # d/dx x Phi(x) = Phi(x) + x phi(x), with phi the normal density
+    density = np.vectorize(lambda v: exp(-v * v / 2) / sqrt(2 * pi))
+    np.testing.assert_allclose(vjp(lambda x: exact.apply({}, x), x)[1](np.ones_like(x))[0], phi(x) + x * density(x), rtol=1e-10, atol=1e-12)
+    check_grads(lambda x: exact.apply({}, x), (x,), order=2)
+    check_grads(lambda x: approx.apply({}, x), (x,), order=2)

@@ -56,6 +56,7 @@ UNARY = {
     "sigmoid": (ops.sigmoid, -6, 6),
     "relu": (ops.relu, -3, 3),
     "softplus": (ops.softplus, -6, 6),
+    "erf": (ops.erf, -3, 3),
     "leaky_relu": (lambda x: ops.leaky_relu(x, 0.1), -3, 3),
     "clip": (lambda x: ops.clip(x, -1.0, 1.5), -3, 3),
 }
@@ -241,3 +242,12 @@ def test_power_division_and_log_edges_have_finite_exact_gradients(f, x, expected
 
     g = grad(f)(x)
     assert np.isfinite(g) and g == pytest.approx(expected, abs=1e-15)
+
+
+@given(arrays(shapes(max_dims=2, max_side=6), low=-6, high=6))
+def test_erf_kernel_matches_math_erf_in_both_dtypes(x):
+    from tinyfn.kernels.special import erf_reference
+
+    np.testing.assert_array_equal(ops.erf(x), erf_reference(x))
+    np.testing.assert_allclose(ops.erf(x.astype(np.float32)), erf_reference(x.astype(np.float32)), rtol=1e-6, atol=1e-7)
+    assert ops.erf(x.astype(np.float32)).dtype == np.float32

@@ -25,6 +25,7 @@ from numpy.lib.array_utils import normalize_axis_tuple
 
 from .autodiff import Node, Primitive, concrete_value, primal_value
 from .kernels.elementwise import relu_vjp
+from .kernels.special import erf as _erf_kernel
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -163,6 +164,27 @@ softplus = Primitive(
     lambda g, x, needs: (g * sigmoid(x),),
     impl=lambda x: np.logaddexp(0, x),  # log(1 + e^x), stable for large |x|
 )
+
+
+erf = Primitive(
+    "erf",
+    lambda x: (erf(x), x),
+    lambda g, x, needs: (g * (2 / np.sqrt(np.pi)) * exp(-x * x),),  # d/dx erf(x) = 2/sqrt(pi) e^(-x^2)
+    impl=_erf_kernel,
+)
+"""The error function, elementwise (a Numba kernel; exact GELU is ``x * (1 + erf(x / sqrt 2)) / 2``)."""
+
+
+def gelu(x, approximate: bool = False):
+    """The Gaussian error linear unit ``x * Phi(x)``, elementwise (Phi: the standard normal CDF).
+
+    Exact: ``x * (1 + erf(x / sqrt(2))) / 2``. With ``approximate=True``, the tanh form of
+    Hendrycks and Gimpel: ``x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))) / 2`` (PyTorch's
+    ``approximate="tanh"``). Written with primitives, so differentiable to any order.
+    """
+    if approximate:
+        return 0.5 * x * (1 + tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x * x * x)))
+    return 0.5 * x * (1 + erf(x * (1 / np.sqrt(2))))
 
 
 def _leaky_relu_vjp(g, res, needs):

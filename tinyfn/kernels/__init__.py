@@ -4,6 +4,7 @@
 * :mod:`~tinyfn.kernels.pool`: max pooling kernels; average pooling through im2col/col2im;
 * :mod:`~tinyfn.kernels.activation`: the fused bias + ReLU that ends a convolution, and its VJP;
 * :mod:`~tinyfn.kernels.elementwise`: the fused SGD update and ReLU VJP of the dense path;
+* :mod:`~tinyfn.kernels.special`: the error function ``erf`` (numpy has none);
 * :mod:`~tinyfn.kernels.threads`: splits a batch over the cores, one slice per thread;
 * :mod:`~tinyfn.kernels.memory`: keeps freed memory for reuse (no page faults on the big
   temporaries of each step; see there, and set ``TINYFN_KEEP_FREED_MEMORY=0`` to opt out);
@@ -19,7 +20,7 @@ These functions take and return plain numpy arrays; the differentiable primitive
 them are in :mod:`tinyfn.conv`.
 """
 
-from . import activation, conv, elementwise, memory, pool, reference, threads
+from . import activation, conv, elementwise, memory, pool, reference, special, threads
 from .activation import bias_relu_, bias_relu_vjp
 from .conv import (
     col2im,
@@ -40,6 +41,7 @@ __all__ = [
     "memory",
     "pool",
     "reference",
+    "special",
     "threads",
     "im2col",
     "col2im",

@@ -28,7 +28,7 @@ One topic a module: :mod:`~tinyfn.layers.base` (the contract and its checks),
 :mod:`~tinyfn.layers.combinators`; each fused primitive sits beside its layer.
 """
 
-from .activations import Dropout, Flatten, Identity, LeakyRelu, LogSoftmax, Relu, Sigmoid, Softmax, Softplus, Tanh
+from .activations import GELU, Dropout, Flatten, Identity, LeakyRelu, LogSoftmax, Relu, Sigmoid, Softmax, Softplus, Tanh
 from .base import Layer, ParamError, apply_with_state, checked_input, checked_params, init_with_state
 from .combinators import fan_in_concat, fan_in_sum, fan_out, parallel, residual, serial, summary
 from .linear import Dense, dense
@@ -47,6 +47,7 @@ __all__ = [
     "Sigmoid",
     "Tanh",
     "Softplus",
+    "GELU",
     "Softmax",
     "LogSoftmax",
     "Flatten",

@@ -9,7 +9,7 @@ import numpy as np
 from .. import ops, random
 from .base import Layer, checked_params
 
-__all__ = ["Relu", "LeakyRelu", "Sigmoid", "Tanh", "Softplus", "Softmax", "LogSoftmax", "Identity", "Flatten", "Dropout"]
+__all__ = ["Relu", "LeakyRelu", "Sigmoid", "Tanh", "Softplus", "GELU", "Softmax", "LogSoftmax", "Identity", "Flatten", "Dropout"]
 
 
 def _elementwise(name: str, fn) -> Layer:
@@ -59,6 +59,12 @@ def Softmax(axis: int = -1) -> Layer:
 def LogSoftmax(axis: int = -1) -> Layer:
     """Log-softmax along ``axis``."""
     return _elementwise("log_softmax", lambda x: ops.log_softmax(x, axis))
+
+
+def GELU(approximate: bool = False) -> Layer:
+    """The Gaussian error linear unit ``x * Phi(x)`` (exact with erf, or the tanh form with
+    ``approximate=True``; see :func:`tinyfn.ops.gelu`)."""
+    return _elementwise("gelu", lambda x: ops.gelu(x, approximate))
 
 
 def Identity() -> Layer:
