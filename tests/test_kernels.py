@@ -1,5 +1,6 @@
 """The Numba kernels agree with the plain-numpy references, in float32 and float64, over
-hypothesis-generated shapes, strides, paddings, dilations and groups."""
+hypothesis-generated shapes, strides, paddings, dilations and groups; the pooling kernels
+and references both agree with maxima taken window by window, NaN and -inf included."""
 
 import numpy as np
 import pytest
@@ -53,6 +54,31 @@ def assert_close(actual, expected, dtype):
     np.testing.assert_allclose(actual, expected, **TOLERANCE[dtype])
 
 
+def with_specials(x, seed):
+    """``x`` with about a third of its entries replaced by NaN, inf or -inf."""
+    rng = np.random.default_rng(seed)
+    specials = rng.choice(np.array([np.nan, np.inf, -np.inf], dtype=x.dtype), x.shape)
+    return np.where(rng.random(x.shape) < 0.3, specials, x)
+
+
+def window_corners(x_shape, window, stride, padding):
+    """``(oh, ow, top, left)`` of every pooling window: its output pixel and its top-left
+    corner in the padded plane."""
+    out_h = (x_shape[2] + 2 * padding[0] - window[0]) // stride[0] + 1
+    out_w = (x_shape[3] + 2 * padding[1] - window[1]) // stride[1] + 1
+    return [(oh, ow, oh * stride[0], ow * stride[1]) for oh in range(out_h) for ow in range(out_w)]
+
+
+def window_maxima(x, window, stride, padding):
+    """``np.max`` over each window of ``x`` padded with -inf, one window at a time: ``(N, C, OH, OW)``."""
+    x_padded = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2), constant_values=-np.inf)
+    corners = window_corners(x.shape, window, stride, padding)
+    y = np.empty(x.shape[:2] + (corners[-1][0] + 1, corners[-1][1] + 1), dtype=x.dtype)
+    for oh, ow, top, left in corners:
+        y[:, :, oh, ow] = np.max(x_padded[:, :, top : top + window[0], left : left + window[1]], axis=(2, 3))
+    return y
+
+
 def conv_settings(cfg):
     return cfg["stride"], cfg["padding"], cfg["dilation"], cfg["groups"]
 
@@ -104,9 +130,9 @@ def test_transposed_output_size_inverts_output_size(size, kernel, stride, paddin
         assert kernels.output_size(out, kernel, stride, padding, dilation) == size
 
 
-@given(pool_configs(), DTYPES)
-def test_max_pool2d_matches_reference(cfg, dtype):
-    x = normal(0, cfg["x_shape"], dtype)
+@given(pool_configs(), DTYPES, st.booleans())
+def test_max_pool2d_matches_reference(cfg, dtype, specials):
+    x = with_specials(normal(0, cfg["x_shape"], dtype), 1) if specials else normal(0, cfg["x_shape"], dtype)
     args = cfg["window"], cfg["stride"], cfg["padding"]
     y, argmax = kernels.max_pool2d(x, *args)
     y_ref, argmax_ref = reference.max_pool2d(x, *args)
@@ -128,9 +154,88 @@ def test_max_pool2d_ties_go_to_the_first_maximum_and_padding_never_wins():
     np.testing.assert_array_equal(argmax[0, 0], [[5, 5, 6], [5, 5, 6], [9, 9, 10]])
 
 
-@given(pool_configs(), DTYPES)
-def test_avg_pool2d_matches_reference(cfg, dtype):
-    x = normal(0, cfg["x_shape"], dtype)
+POOLINGS = [kernels, reference]  # the kernels and the references must both pass the tests below
+
+
+@pytest.mark.parametrize("pooling", POOLINGS, ids=["kernels", "reference"])
+@pytest.mark.parametrize("window, stride", POOL_GEOMETRIES)
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool2d_propagates_a_nan_from_every_position(pooling, window, stride, padded, dtype):
+    """A window that holds a NaN outputs NaN and sends its gradient to the NaN."""
+    padding = (window[0] // 2, window[1] // 2) if padded else (0, 0)
+    h, w = 5, 6
+    # sample p has its only NaN at pixel p (in every channel): together the samples put a NaN
+    # at every position of every window
+    rows, cols = np.divmod(np.arange(h * w), w)
+    x = np.repeat(normal(0, (1, 2, h, w), dtype), h * w, axis=0)
+    x[np.arange(h * w), :, rows, cols] = np.nan
+    expected = window_maxima(x, window, stride, padding)
+    y, argmax = pooling.max_pool2d(x, window, stride, padding)
+    np.testing.assert_array_equal(y, expected)  # NaN exactly where the window holds the NaN
+    holds_nan = np.isnan(expected)
+    nan_index = (rows + padding[0]) * (w + 2 * padding[1]) + cols + padding[1]
+    np.testing.assert_array_equal(argmax[holds_nan], np.broadcast_to(nan_index[:, None, None, None], y.shape)[holds_nan])
+    g = normal(1, y.shape, dtype)
+    dx = pooling.max_pool2d_vjp(g, argmax, x.shape, padding)
+    assert_close(dx[np.arange(h * w), :, rows, cols], np.where(holds_nan, g, 0).sum(axis=(2, 3)), dtype)
+
+
+@pytest.mark.parametrize("pooling", POOLINGS, ids=["kernels", "reference"])
+@pytest.mark.parametrize("window, stride", POOL_GEOMETRIES)
+def test_max_pool2d_of_nans_picks_the_last_nan_as_pytorch_does(pooling, window, stride):
+    """PyTorch's max_pool2d(return_indices=True) takes a pixel that is greater *or NaN*, so of
+    several NaNs the last one (row-major) wins; the padding never does."""
+    padding = (window[0] // 2, window[1] // 2)
+    x = np.full((1, 1, 4, 5), np.nan)
+    y, argmax = pooling.max_pool2d(x, window, stride, padding)
+    assert np.isnan(y).all()
+    for oh, ow, top, left in window_corners(x.shape, window, stride, padding):
+        last_h = min(top + window[0], padding[0] + x.shape[2]) - 1
+        last_w = min(left + window[1], padding[1] + x.shape[3]) - 1
+        assert argmax[0, 0, oh, ow] == last_h * (x.shape[3] + 2 * padding[1]) + last_w
+
+
+@pytest.mark.parametrize("pooling", POOLINGS, ids=["kernels", "reference"])
+@given(cfg=pool_configs(), dtype=DTYPES, share=st.sampled_from([0.6, 1.0]), seed=st.integers(0, 99))
+def test_max_pool2d_gradient_of_minus_inf_windows_stays_in_the_image(pooling, cfg, dtype, share, seed):
+    """Padding never wins, even against -inf: a window whose real pixels are all -inf outputs
+    -inf and picks its first real pixel, so the cotangent is conserved (none is lost in the
+    padding)."""
+    rng = np.random.default_rng(seed)
+    x = np.where(rng.random(cfg["x_shape"]) < share, -np.inf, rng.standard_normal(cfg["x_shape"])).astype(dtype)
+    window, stride, padding = cfg["window"], cfg["stride"], cfg["padding"]
+    y, argmax = pooling.max_pool2d(x, window, stride, padding)
+    np.testing.assert_array_equal(y, window_maxima(x, window, stride, padding))
+    for oh, ow, top, left in window_corners(x.shape, window, stride, padding):
+        first_real = max(top, padding[0]) * (x.shape[3] + 2 * padding[1]) + max(left, padding[1])
+        all_minus_inf = y[:, :, oh, ow] == -np.inf
+        assert (argmax[:, :, oh, ow][all_minus_inf] == first_real).all()
+    g = rng.integers(-5, 6, y.shape).astype(dtype)  # small integers: the sums below are exact
+    assert pooling.max_pool2d_vjp(g, argmax, x.shape, padding).sum() == g.sum()
+
+
+@pytest.mark.parametrize("pooling", POOLINGS, ids=["kernels", "reference"])
+@pytest.mark.parametrize("x_shape, y_shape", [((0, 3, 5, 8), (0, 3, 3, 4)), ((2, 0, 5, 8), (2, 0, 3, 4))])
+def test_pooling_an_empty_batch_gives_empty_arrays(pooling, x_shape, y_shape):
+    window, stride, padding = (3, 3), (2, 2), (1, 1)  # OH = (5 + 2 - 3) // 2 + 1, OW = (8 + 2 - 3) // 2 + 1
+    x, g = np.zeros(x_shape, np.float32), np.zeros(y_shape, np.float32)
+    y, argmax = pooling.max_pool2d(x, window, stride, padding)
+    assert y.shape == argmax.shape == y_shape
+    assert pooling.max_pool2d_vjp(g, argmax, x_shape, padding).shape == x_shape
+    assert pooling.avg_pool2d(x, window, stride, padding).shape == y_shape
+    assert pooling.avg_pool2d_vjp(g, x_shape, window, stride, padding).shape == x_shape
+
+
+def test_max_pool2d_refuses_padding_over_half_the_window():
+    with pytest.raises(ValueError, match="at most half the window"):
+        kernels.max_pool2d(np.zeros((1, 1, 4, 4)), (2, 2), (1, 1), (2, 0))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the mean of inf and -inf
+@given(pool_configs(), DTYPES, st.booleans())
+def test_avg_pool2d_matches_reference(cfg, dtype, specials):
+    x = with_specials(normal(0, cfg["x_shape"], dtype), 1) if specials else normal(0, cfg["x_shape"], dtype)
     args = cfg["window"], cfg["stride"], cfg["padding"]
     y = kernels.avg_pool2d(x, *args)
     assert_close(y, reference.avg_pool2d(x, *args), dtype)

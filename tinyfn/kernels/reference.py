@@ -112,27 +112,32 @@ def _windows(x_padded, window, stride, out):
 
 
 def max_pool2d(x, window, stride, padding):
-    """Maximum over each window (padding never wins). Returns ``(y, argmax)``.
+    """Maximum over each window, NaN if the window holds one. Returns ``(y, argmax)``.
 
     x ``(N, C, H, W)`` -> y ``(N, C, OH, OW)``; ``argmax`` holds, for each output pixel, the
-    flat index ``h*W' + w`` of the winning pixel in the padded plane of width ``W' = W + 2*pw``
-    (the first one on ties, row-major).
+    flat index ``h*W' + w`` of the winning pixel in the padded plane of width ``W' = W + 2*pw``:
+    the window's last NaN if it holds one, else its first real maximum in row-major order
+    (PyTorch's choice). Padding never wins, not even against real ``-inf`` values.
     """
     out = _out_size(x.shape, window, stride, padding)
     windows = _windows(_pad(x, padding, -np.inf), window, stride, out)
-    i, j = np.divmod(np.argmax(windows, axis=0), window[1])
+    real = _windows(_pad(np.ones(x.shape, dtype=bool), padding, False), window, stride, out)
+    y = np.max(windows, axis=0)
+    first_max = np.argmax(real & (windows == y), axis=0)  # "real &": padding ties with real -inf
+    last_nan = len(windows) - 1 - np.argmax(np.isnan(windows[::-1]), axis=0)
+    i, j = np.divmod(np.where(np.isnan(y), last_nan, first_max), window[1])
     rows = np.arange(out[0]).reshape(-1, 1) * stride[0] + i
     cols = np.arange(out[1]) * stride[1] + j
-    return np.max(windows, axis=0), rows * (x.shape[3] + 2 * padding[1]) + cols
+    return y, rows * (x.shape[3] + 2 * padding[1]) + cols
 
 
 def max_pool2d_vjp(g, argmax, input_shape, padding):
     """Cotangent of max-pooling's input: each output cotangent goes to its window's winner."""
     n, c, h, width = input_shape
     dx = np.zeros((n * c, (h + 2 * padding[0]) * (width + 2 * padding[1])), dtype=g.dtype)
-    rows = np.repeat(np.arange(n * c), g[0, 0].size)
+    rows = np.repeat(np.arange(n * c), g.shape[2] * g.shape[3])
     np.add.at(dx, (rows, argmax.reshape(-1)), g.reshape(-1))
-    return _crop(dx.reshape(n, c, h + 2 * padding[0], -1), padding)
+    return _crop(dx.reshape(n, c, h + 2 * padding[0], width + 2 * padding[1]), padding)
 
 
 def avg_pool2d(x, window, stride, padding):
