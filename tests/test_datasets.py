@@ -59,6 +59,29 @@ def test_batches_cover_every_sample_once_per_epoch_and_reshuffle():
     assert [yb.tolist() for _, yb in dropped] == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
 
+def test_lists_and_numpy_integers_are_accepted():
+    # bad batch sizes, epochs, fractions and data are refused: see tests/test_bad_inputs_core.py
+    x, y = np.arange(20.0).reshape(10, 2), np.arange(10) % 2
+    as_lists = datasets.batches(random.key(0), x.tolist(), y.tolist(), np.int64(4))
+    as_arrays = datasets.batches(random.key(0), x, y, 4)
+    pairs = zip(as_lists.epochs(np.int64(2), start=np.int32(1)), as_arrays.epochs(2, start=1), strict=True)
+    for (xa, ya), (xb, yb) in pairs:
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    split_lists = datasets.train_test_split(random.key(0), x.tolist(), y.tolist(), np.float64(0.2))
+    for a, b in zip(split_lists, datasets.train_test_split(random.key(0), x, y, 0.2), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(datasets.standardize([[1.0, 5.0], [3.0, 5.0]])[0], [[-1.0, 0.0], [1.0, 0.0]])
+
+
+def test_an_epoch_is_checked_when_asked_for_and_drawn_when_iterated():
+    b = datasets.batches(random.key(0), np.arange(6.0), np.arange(6), 4)
+    epoch = b.epoch(2)
+    assert [len(yb) for _, yb in epoch] == [4, 2]
+    assert list(epoch) == []  # an iterator: spent after one pass, as before
+    assert sum(1 for _ in b.epochs(0)) == 0
+
+
 def _idx_bytes(array: np.ndarray, type_code: int) -> bytes:
     header = bytes([0, 0, type_code, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
     return header + array.astype(array.dtype.newbyteorder(">")).tobytes()

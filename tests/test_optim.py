@@ -6,7 +6,6 @@ tinyfn.optim), and with ``torch.optim`` when torch is installed. Then: purity (r
 are never written), dtypes, error messages, and optimizer states as plain, saveable pytrees.
 """
 
-import re
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -250,17 +249,7 @@ def test_sgd_step_equals_the_sgd_optimizer_bit_for_bit():
     assert_trees_close(stepped, optimized, rtol=0, atol=0)
 
 
-def test_sgd_step_errors_name_the_path():
-    params = {"dense": {"w": np.zeros((2, 2)), "b": np.zeros(2)}}
-    with pytest.raises(tree.TreeMismatchError, match="'dense'.*found a dict with keys \\['w'\\]"):
-        optim.sgd_step(params, {"dense": {"w": np.zeros((2, 2))}}, 0.1)
-    with pytest.raises(tree.TreeMismatchError, match=r"gradient at 'dense/b' has shape \(1,\), expected .* \(2,\)"):
-        optim.sgd_step(params, {"dense": {"w": np.zeros((2, 2)), "b": np.zeros(1)}}, 0.1)
-
-
-def test_apply_updates_refuses_broadcasting_and_names_the_path():
-    with pytest.raises(tree.TreeMismatchError, match=r"update at 'w' has shape \(1, 2\), expected .* \(3, 2\)"):
-        optim.apply_updates({"w": np.zeros((3, 2))}, {"w": np.zeros((1, 2))})
+# Bad gradients, updates and hyperparameters are refused: see tests/test_bad_inputs_core.py.
 
 
 # --- purity, dtypes, 0-d parameters ---------------------------------------------------------
@@ -358,13 +347,6 @@ def test_state_round_trips_through_a_checkpoint_and_training_resumes_bit_for_bit
     assert_plain_pytree(restored["opt_state"])
     resumed, _ = run(optimizer, restored["params"], grad_seq[2:], restored["opt_state"])
     assert_trees_close(resumed, uninterrupted, rtol=0, atol=0)
-
-
-def test_update_with_grads_not_matching_the_state_names_the_path():
-    optimizer = optim.adam(LR)
-    state = optimizer.init({"dense": {"w": np.zeros((2, 2)), "b": np.zeros(2)}})
-    with pytest.raises(tree.TreeMismatchError, match="'dense'"):
-        optimizer.update({"dense": {"w": np.zeros((2, 2))}}, state)
 
 
 def test_chain_rejects_a_state_of_the_wrong_length():
@@ -466,17 +448,24 @@ def test_chain_applies_transformations_in_order():
     assert norm_after(optim.scale(2.0), optim.clip_by_global_norm(1.0)) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize(
-    "make, message",
-    [
-        (lambda: optim.sgd(0.1, nesterov=True), "nesterov=True needs a momentum > 0"),
-        (lambda: optim.sgd(-0.1), "learning_rate must be in [0.0, inf), found -0.1"),
-        (lambda: optim.adam(0.1, b1=1.0), "b1 must be in [0.0, 1.0), found 1.0"),
-        (lambda: optim.rmsprop(0.1, decay=-0.5), "decay must be in [0.0, 1.0), found -0.5"),
-        (lambda: optim.adagrad(0.1, eps=float("nan")), "eps must be in [0.0, inf), found nan"),
-        (lambda: optim.clip_by_global_norm(-1.0), "max_norm must be in [0.0, inf), found -1.0"),
-    ],
-)
-def test_bad_hyperparameters_raise_naming_expected_and_found(make, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
-        make()
+@case_names
+def test_float64_gradients_update_float32_parameters(name):
+    # the check on gradients compares dtype kinds, not dtypes: float64 for float32 passes
+    params, grad_seq = make_params(np.float32), make_grads(np.float64)
+    got, _ = run(CASES[name].make(LR), params, grad_seq)
+    f64_params = tree.map(lambda p: p.astype(np.float64), params)
+    reference = CASES[name].reference
+    expected = {leaf: reference(leaf, f64_params[leaf], [g[leaf] for g in grad_seq], [LR] * STEPS) for leaf in params}
+    assert all(leaf.dtype == np.float32 for leaf in tree.leaves(got))
+    assert_trees_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("learning_rate", [np.float32(LR), np.array(LR), 1], ids=["numpy float32", "0-d array", "int"])
+def test_learning_rates_may_be_numpy_scalars_0d_arrays_or_ints(learning_rate):
+    params, grads = make_params(), make_grads(steps=1)[0]
+    stepped = optim.sgd_step(params, grads, learning_rate)
+    optimized, state = run(optim.sgd(learning_rate), params, [grads])
+    expected = {leaf: params[leaf] - float(learning_rate) * grads[leaf] for leaf in params}
+    assert_trees_close(stepped, expected, rtol=0, atol=0)
+    assert_trees_close(optimized, expected, rtol=0, atol=0)
+    assert optim.current_learning_rate(state) == float(learning_rate)

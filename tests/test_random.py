@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from tinyfn import random
 
@@ -53,8 +52,28 @@ def test_distributions_have_the_right_moments_and_dtypes():
     assert set(random.choice(k2, 3, 50).tolist()) <= {0, 1, 2}
 
 
-def test_a_bad_key_is_a_clear_error():
-    with pytest.raises(TypeError, match=r"uint64 array of shape \(2,\).*found int64 array of shape \(3,\)"):
-        random.normal(np.array([1, 2, 3]), (2,))
-    with pytest.raises(ValueError, match="seed"):
-        random.key(-1)
+def test_numpy_integers_and_lists_are_accepted_for_ints_and_shapes():
+    # bad seeds, counts and shapes are refused: see tests/test_bad_inputs_core.py
+    k = random.key(np.uint64(42))
+    np.testing.assert_array_equal(k, random.key(42))
+    np.testing.assert_array_equal(random.split(k, np.int32(3)), random.split(k, 3))
+    np.testing.assert_array_equal(random.fold_in(k, np.int64(5)), random.fold_in(k, 5))
+    np.testing.assert_array_equal(random.normal(k, [2, np.int64(3)]), random.normal(k, (2, 3)))
+    np.testing.assert_array_equal(random.normal(k, 4), random.normal(k, (4,)))
+    np.testing.assert_array_equal(
+        random.uniform(k, (3,), np.float64, np.float32(-1), 2), random.uniform(k, (3,), np.float64, -1.0, 2.0)
+    )
+    np.testing.assert_array_equal(random.bernoulli(k, np.float64(0.3), (50,)), random.bernoulli(k, 0.3, (50,)))
+    np.testing.assert_array_equal(random.permutation(k, np.int64(6)), random.permutation(k, 6))
+    np.testing.assert_array_equal(
+        random.choice(k, 4, 5, p=np.full(4, 0.25, np.float32)), random.choice(k, 4, 5, p=[0.25] * 4)
+    )
+
+
+def test_edge_sizes_that_numpy_allows_still_work():
+    k = random.key(0)
+    assert random.split(k, 0).shape == (0, 2)
+    assert random.normal(k, (0, 3)).shape == (0, 3)
+    assert random.choice(k, 0, 0).shape == (0,)
+    assert random.randint(k, (2,), -(2**63), 2**63 - 1).dtype == np.int64
+    assert np.all(random.uniform(k, (4,), minval=2.0, maxval=2.0) == 2.0)

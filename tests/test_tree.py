@@ -82,6 +82,27 @@ def test_mismatched_trees_name_the_path(a, b, message):
         tree.map(lambda x, y: x, a, b)
 
 
+def test_add_and_sub_refuse_to_broadcast():
+    # the other bad inputs of the tree functions: see tests/test_bad_inputs_core.py
+    with pytest.raises(tree.TreeMismatchError, match=r"'w': expected .* shape \(3,\), found .* shape \(1, 3\)"):
+        tree.add({"w": np.zeros(3)}, {"w": np.zeros((1, 3))})
+    with pytest.raises(tree.TreeMismatchError, match=r"'w': expected .* shape \(1, 3\), found .* shape \(3,\)"):
+        tree.sub({"w": np.zeros((1, 3))}, {"w": np.zeros(3)})
+
+
+def test_map_matching_checks_shapes_and_kinds_of_the_found_tree_only():
+    reference = {"w": np.ones((2, 2), np.float32), "b": np.ones(2, np.float32)}
+    found = {"w": np.full((2, 2), 2.0), "b": np.full(2, 3.0)}  # float64 for float32: the same kind
+    mask = {"w": True, "b": False}  # scalars: only their structure is checked
+    out = tree.map_matching(lambda r, f, m: r + f if m else r, reference, found, mask, same_kind=True)
+    np.testing.assert_array_equal(out["w"], np.full((2, 2), 3.0))
+    np.testing.assert_array_equal(out["b"], np.ones(2))
+    ints = {"w": np.ones((2, 2), np.int64), "b": np.ones(2, np.int64)}
+    assert tree.map_matching(np.add, reference, ints)["b"].tolist() == [2.0, 2.0]  # kinds differ: allowed by default
+    with pytest.raises(tree.TreeMismatchError, match=r"'b': expected a float32 array of shape \(2,\), found an int64"):
+        tree.map_matching(np.add, reference, ints, same_kind=True)
+
+
 def test_freeze_makes_leaves_read_only_without_copying():
     w = np.ones(3)
     frozen = tree.freeze({"w": w})

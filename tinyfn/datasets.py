@@ -5,11 +5,17 @@ Shipped data (in ``tinyfn/data/``, credited in the README):
 
 * :func:`iris`: Fisher's Iris, 150 samples x 4 features, 3 classes.
 * :func:`digits`: UCI handwritten digits, 1,797 samples of 8x8 pixels (0..16), 10 classes.
+
+Samples are on axis 0 of numpy arrays (lists are converted). Bad arguments raise ``TypeError``
+or ``ValueError`` naming what was expected and what was found: ``x`` and ``y`` of different
+lengths, a fraction outside (0, 1), a batch size or epoch that is not an int in range, data
+to standardise that is not floating-point or holds NaN or inf.
 """
 
 from __future__ import annotations
 
 import gzip
+import itertools
 import math
 from importlib import resources
 from pathlib import Path
@@ -17,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import random
+from .random import _check_int, _check_key, _check_real
 
 __all__ = [
     "iris",
@@ -53,17 +60,27 @@ def digits(images: bool = False) -> tuple[np.ndarray, np.ndarray]:
     return (x.reshape(-1, 1, 8, 8) if images else x), y
 
 
+def _samples(name: str, x, y) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` and ``y`` as numpy arrays, after checking they hold the same number of samples."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
+        raise ValueError(
+            f"{name}: expected x and y with the same number of samples on axis 0, found shapes {x.shape} and {y.shape}"
+        )
+    return x, y
+
+
 def train_test_split(key, x, y, test_fraction: float = 0.2):
     """Split ``(x, y)`` into train and test sets, stratified by class, deterministically from ``key``.
 
-    Each class contributes ``round(test_fraction * class count)`` samples to the test set.
-    Returns ``(x_train, y_train, x_test, y_test)``; samples keep their order within each set.
+    ``y`` holds one class label per sample; ``0 < test_fraction < 1``. Each class contributes
+    ``round(test_fraction * class count)`` samples to the test set. Returns
+    ``(x_train, y_train, x_test, y_test)``; samples keep their order within each set.
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), found {test_fraction}")
-    if len(x) != len(y):
-        raise ValueError(f"x and y must have the same number of samples, found {len(x)} and {len(y)}")
-    y = np.asarray(y)
+    _check_real("train_test_split: test_fraction", test_fraction, 0.0, 1.0, open_low=True, open_high=True)
+    x, y = _samples("train_test_split", x, y)
+    if y.ndim != 1:
+        raise ValueError(f"train_test_split: expected y of shape ({len(y)},) (one label per sample), found {y.shape}")
     classes = np.unique(y)
     is_test = np.zeros(len(y), dtype=bool)
     for cls, k in zip(classes, random.split(key, len(classes))):
@@ -73,10 +90,30 @@ def train_test_split(key, x, y, test_fraction: float = 0.2):
     return x[~is_test], y[~is_test], x[is_test], y[is_test]
 
 
+def _finite_floats(name: str, x) -> np.ndarray:
+    """``x`` as a numpy array, after checking it is floating-point samples (axis 0), all finite.
+
+    The error for NaN or inf counts the rows that hold them and lists the first columns (the
+    feature indices, counted over the flattened features of each sample).
+    """
+    x = np.asarray(x)
+    if x.dtype.kind != "f" or x.ndim == 0:
+        raise TypeError(f"{name}: expected a floating-point array of samples, found {x.dtype} array of shape {x.shape}")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        bad = bad.reshape(len(x), -1)
+        rows, columns = np.flatnonzero(bad.any(axis=1)), np.flatnonzero(bad.any(axis=0))
+        raise ValueError(
+            f"{name}: expected finite numbers, found NaN or inf in {len(rows)} of {len(x)} rows, "
+            f"columns {columns[:10].tolist()}{' ...' if len(columns) > 10 else ''}"
+        )
+    return x
+
+
 class Standardizer:
     """Per-feature standardisation ``(x - mean) / std`` with statistics fitted on training data
     only (features with zero spread are left unscaled). ``mean`` and ``std`` have the
-    feature shape of ``x`` (axis 0 is the sample axis)."""
+    feature shape of ``x`` (axis 0 is the sample axis). Data must be floating-point and finite."""
 
     def __init__(self, mean: np.ndarray, std: np.ndarray):
         self.mean = mean
@@ -84,13 +121,22 @@ class Standardizer:
 
     @classmethod
     def fit(cls, x_train) -> "Standardizer":
-        """Fit mean and standard deviation on ``x_train`` (samples on axis 0)."""
+        """Fit mean and standard deviation on ``x_train`` (at least one sample, on axis 0)."""
+        x_train = _finite_floats("Standardizer.fit: x_train", x_train)
+        if len(x_train) == 0:
+            raise ValueError(f"Standardizer.fit: expected at least one sample, found shape {x_train.shape}")
         mean = x_train.mean(axis=0)
         std = x_train.std(axis=0)
         return cls(mean.astype(x_train.dtype), np.where(std > 0, std, 1).astype(x_train.dtype))
 
     def __call__(self, x):
         """Standardise ``x`` with the fitted statistics; same shape and dtype as ``x``."""
+        return self._apply("Standardizer: x", x)
+
+    def _apply(self, name: str, x):
+        x = _finite_floats(name, x)
+        if x.shape[1:] != np.shape(self.mean):
+            raise ValueError(f"{name}: expected samples of the fitted shape {np.shape(self.mean)}, found {x.shape[1:]}")
         return ((x - self.mean) / self.std).astype(x.dtype, copy=False)
 
 
@@ -100,7 +146,8 @@ def standardize(x_train, *others):
     Returns the standardised arrays in the same order.
     """
     scaler = Standardizer.fit(x_train)
-    return tuple(scaler(x) for x in (x_train,) + others)
+    names = ["x_train"] + [f"others[{i}]" for i in range(len(others))]
+    return tuple(scaler._apply(f"standardize: {name}", x) for name, x in zip(names, (x_train,) + others))
 
 
 class Batches:
@@ -113,29 +160,32 @@ class Batches:
     """
 
     def __init__(self, key, x, y, batch_size: int, shuffle: bool = True, drop_last: bool = False):
-        if len(x) != len(y):
-            raise ValueError(f"batches: x and y must have the same number of samples, found {len(x)} and {len(y)}")
-        if batch_size < 1:
-            raise ValueError(f"batches: batch_size must be >= 1, found {batch_size}")
-        self.key, self.x, self.y = key, x, y
-        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.x, self.y = _samples("batches", x, y)
+        self.key = _check_key(key)
+        self.batch_size = _check_int("batches: batch_size", batch_size, 1)
+        self.shuffle, self.drop_last = shuffle, drop_last
 
     def __len__(self):
         n = len(self.x)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def epoch(self, index: int):
-        """Iterator over the ``(x_batch, y_batch)`` pairs of epoch ``index``."""
+        """Iterator over the ``(x_batch, y_batch)`` pairs of epoch ``index`` (an int >= 0)."""
+        index = _check_int("Batches.epoch: index", index)
         n = len(self.x)
         order = random.permutation(random.fold_in(self.key, index), n) if self.shuffle else np.arange(n)
+        return self._batches(order)
+
+    def _batches(self, order):
         for b in range(len(self)):
             take = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield self.x[take], self.y[take]
 
     def epochs(self, count: int, start: int = 0):
-        """Iterator over the batches of epochs ``start .. start + count - 1``, in order."""
-        for e in range(start, start + count):
-            yield from self.epoch(e)
+        """Iterator over the batches of epochs ``start .. start + count - 1``, in order (ints >= 0)."""
+        count = _check_int("Batches.epochs: count", count)
+        start = _check_int("Batches.epochs: start", start)
+        return itertools.chain.from_iterable(self.epoch(e) for e in range(start, start + count))
 
     def __iter__(self):
         return self.epoch(0)
@@ -167,10 +217,11 @@ def load_idx(path) -> np.ndarray:
 
     The header is two zero bytes, a type code, the number of dimensions and one big-endian
     uint32 per dimension. Returns an array of that shape in native byte order. Raises
-    ValueError naming the file when the header is malformed or the data size does not match.
+    ValueError naming the file when the header is malformed or the data size does not match,
+    and FileNotFoundError when there is no such file.
     """
     path = Path(path)
-    with path.open("rb") as f:
+    with open(path, "rb") as f:  # the built-in open: a missing file is reported from here, not from pathlib
         data = f.read()
     if data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)

@@ -10,6 +10,13 @@ optax)::
 ``updates`` has the structure of ``params`` and is *added* to them, so a descent step's
 updates are ``-learning_rate * direction``. Nothing is mutated: every call returns new trees.
 
+Gradients and updates must match the parameters leaf for leaf: the same tree structure, the
+same shapes (nothing is broadcast) and the same dtype kind (float gradients for float
+parameters; float64 for float32 is fine). ``apply_updates``, ``sgd_step`` and every stage that
+combines its input with a tree of its own (its state, or ``params``) refuse anything else
+with :class:`tinyfn.tree.TreeMismatchError` naming the path and both leaves. Only shapes and
+dtypes are compared, never values, so the check costs little in a training step.
+
 Optimizer states are plain pytrees: dicts, tuples, ``None``, numpy arrays and Python numbers,
 so they are saved with :mod:`tinyfn.checkpoint` like any other tree. Any state that comes from
 a learning rate records the rate under the key ``"learning_rate"``; read it with
@@ -25,6 +32,7 @@ import numpy as np
 
 from .. import tree
 from ..kernels.elementwise import sgd_update
+from ..random import _check_real
 
 __all__ = [
     "LEARNING_RATE_KEY",
@@ -59,6 +67,13 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     The state is a tuple with one entry per transformation, in order.
     """
 
+    for position, transform in enumerate(transforms):
+        if not (callable(getattr(transform, "init", None)) and callable(getattr(transform, "update", None))):
+            raise TypeError(
+                f"chain: expected GradientTransformations (init, update pairs), found {transform!r} at "
+                f"position {position} (an optimizer factory such as optim.adam must be called: optim.adam(1e-3))"
+            )
+
     def init(params):
         return tuple(t.init(params) for t in transforms)
 
@@ -77,34 +92,16 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     return GradientTransformation(init, update)
 
 
-class _ShapeMismatch(Exception):
-    pass
-
-
-def _leafwise(combine, params, others, what: str):
-    """``combine(param, other)`` for each pair of leaves, as a new tree of read-only arrays.
-
-    Refuses to broadcast: each ``other`` leaf must have exactly its parameter's shape. The
-    error names the path; it is worked out only when a mismatch is found, so the common case
-    costs one plain tree traversal.
-    """
+def _leafwise(combine, params, others):
+    """``combine(param, other)`` for each pair of leaves, as a new tree of read-only arrays;
+    each ``other`` leaf must have its parameter's shape and dtype kind."""
 
     def one(param, other):
-        if getattr(param, "shape", ()) != getattr(other, "shape", ()):  # np.shape, without its dispatch cost
-            raise _ShapeMismatch
         new = combine(param, other)
         new.flags.writeable = False
         return new
 
-    try:
-        return tree.map(one, params, others)
-    except _ShapeMismatch:
-        for (path, param), (_, other) in zip(tree.leaves_with_path(params), tree.leaves_with_path(others)):
-            if np.shape(param) != np.shape(other):
-                raise tree.TreeMismatchError(
-                    f"{what} at '{path}' has shape {np.shape(other)}, expected the parameter's shape {np.shape(param)}"
-                ) from None
-        raise
+    return tree.map_matching(one, params, others, same_kind=True)
 
 
 def apply_updates(params, updates):
@@ -112,26 +109,27 @@ def apply_updates(params, updates):
 
     Each new leaf keeps its parameter's dtype (float64 updates on float32 parameters give
     float32 parameters). Raises :class:`tinyfn.tree.TreeMismatchError` naming the path if the
-    trees or a leaf's shape differ.
+    trees, a leaf's shape or its dtype kind differ.
     """
     # asarray: for 0-d parameters numpy returns a scalar, which cannot be made read-only
-    return _leafwise(lambda p, u: np.asarray(np.add(p, u, dtype=p.dtype)), params, updates, "update")
+    return _leafwise(lambda p, u: np.asarray(np.add(p, u, dtype=p.dtype)), params, updates)
 
 
 def sgd_step(params, grads, lr: float):
     """One plain gradient-descent step: ``params - lr * grads``, as a new tree.
 
     ``params`` and ``grads`` are trees of the same structure with numpy array leaves of equal
-    shapes; ``lr`` is a number. The new leaves keep the parameters' dtypes and are read-only;
-    the inputs are untouched. Raises :class:`tinyfn.tree.TreeMismatchError` naming the path
-    if the trees or a leaf's shape differ.
+    shapes and dtype kinds; ``lr`` is a finite number >= 0. The new leaves keep the parameters'
+    dtypes and are read-only; the inputs are untouched. Raises
+    :class:`tinyfn.tree.TreeMismatchError` naming the path if the trees, a leaf's shape or its
+    dtype kind differ, and ``ValueError``/``TypeError`` for a bad ``lr``.
 
     The lean hot path of training loops: one tree traversal and one fused pass over each
     leaf (:func:`tinyfn.kernels.elementwise.sgd_update`). The optimizer ``sgd(lr)`` computes
     the same numbers with a state and a transformation chain.
     """
-    lr = float(lr)
-    return _leafwise(functools.partial(sgd_update, lr=lr), params, grads, "gradient")
+    lr = _check_real("sgd_step: lr", lr, 0.0)
+    return _leafwise(functools.partial(sgd_update, lr=lr), params, grads)
 
 
 def current_learning_rate(state) -> float:

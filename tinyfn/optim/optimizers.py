@@ -12,10 +12,15 @@ Every optimizer takes ``learning_rate`` as a number or a schedule (``step -> rat
 The update equations are PyTorch's (``torch.optim``), checked against it in the tests. For
 L2 regularisation (PyTorch's ``weight_decay`` argument of ``SGD``, ``Adam``, ...), put
 ``add_weight_decay(wd)`` in front: ``chain(add_weight_decay(5e-4), sgd(0.1, momentum=0.9))``.
+
+The hyperparameters are checked when the optimizer is built: learning rates and weight decays
+are finite numbers >= 0, momentum and betas lie in [0, 1) (PyTorch also accepts a momentum
+>= 1, whose trace grows without bound), and every ``eps`` is > 0.
 """
 
 from __future__ import annotations
 
+from ..random import _check_real
 from .base import GradientTransformation, chain
 from .transforms import (
     ScalarOrSchedule,
@@ -37,10 +42,11 @@ def sgd(
     ``dampening=0``).
 
     Without momentum: ``p = p - lr * g``. With momentum ``mu``: ``buf = mu * buf + g`` and
-    ``p = p - lr * buf``, or with ``nesterov=True`` ``p = p - lr * (g + mu * buf)``.
-    State: ``({"trace"}, {"count", "learning_rate"})`` with momentum, else
-    ``({"count", "learning_rate"},)``.
+    ``p = p - lr * buf``, or with ``nesterov=True`` ``p = p - lr * (g + mu * buf)``;
+    ``0 <= momentum < 1``. State: ``({"trace"}, {"count", "learning_rate"})`` with momentum,
+    else ``({"count", "learning_rate"},)``.
     """
+    momentum = _check_real("sgd: momentum", momentum, 0.0, 1.0, open_high=True)
     if nesterov and momentum == 0:
         raise ValueError("sgd: nesterov=True needs a momentum > 0, found momentum=0")
     stages = [trace(momentum, nesterov)] if momentum else []
@@ -93,9 +99,11 @@ def rmsprop(
         p = p - lr * g / (sqrt(v) + eps)                      (momentum = 0)
         buf = momentum * buf + g / (sqrt(v) + eps); p = p - lr * buf   (momentum > 0)
 
-    Note PyTorch's default ``alpha`` is 0.99; this default (0.9) is optax's.
+    Note PyTorch's default ``alpha`` is 0.99; this default (0.9) is optax's. ``decay`` and
+    ``momentum`` lie in [0, 1); ``eps`` > 0.
     State: ``({"nu"}, [{"trace"},] {"count", "learning_rate"})``.
     """
+    momentum = _check_real("rmsprop: momentum", momentum, 0.0, 1.0, open_high=True)
     stages = [trace(momentum)] if momentum else []
     return chain(scale_by_rms(decay, eps), *stages, scale_by_learning_rate(learning_rate))
 

@@ -10,6 +10,11 @@ from 0: the first update uses ``schedule(0)``. Pass a schedule wherever an optim
 The formulas follow optax's schedules (``step_decay`` is PyTorch's ``StepLR``). Boundaries
 are the first step of the new piece: ``piecewise_constant([100], [1.0, 0.1])`` gives 1.0 for
 steps 0..99 and 0.1 from step 100 on.
+
+The factories check their arguments (``ValueError``/``TypeError`` naming the schedule, the
+argument, what was expected and what was found): values are finite numbers, step counts are
+ints (``transition_steps`` and the like >= 1, boundaries >= 0), decay rates are > 0. A
+learning rate must also be >= 0; the optimizer checks that for each step's value.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from __future__ import annotations
 import bisect
 import math
 from typing import Callable, Sequence
+
+from ..random import _check_int, _check_real
 
 __all__ = [
     "Schedule",
@@ -33,14 +40,16 @@ __all__ = [
 Schedule = Callable[[int], float]
 
 
-def _require_positive(schedule_name: str, arg_name: str, value) -> None:
-    if not value > 0:
-        raise ValueError(f"{schedule_name}: {arg_name} must be positive, found {value!r}")
+def _check_schedule(name: str, schedule) -> Schedule:
+    """``schedule``, after checking it is callable (a function ``step -> value``)."""
+    if not callable(schedule):
+        raise TypeError(f"{name} must be a schedule (a function step -> value), found {schedule!r}")
+    return schedule
 
 
 def constant(value: float) -> Schedule:
-    """The schedule that is ``value`` at every step."""
-    value = float(value)
+    """The schedule that is ``value`` (a finite number) at every step."""
+    value = _check_real("constant: value", value)
 
     def schedule(step: int) -> float:
         return value
@@ -50,9 +59,11 @@ def constant(value: float) -> Schedule:
 
 def linear(init_value: float, end_value: float, transition_steps: int) -> Schedule:
     """Go linearly from ``init_value`` at step 0 to ``end_value`` at ``transition_steps``,
-    then stay at ``end_value``. (A linear warmup when ``init_value < end_value``.)"""
-    _require_positive("linear", "transition_steps", transition_steps)
-    init_value, end_value = float(init_value), float(end_value)
+    then stay at ``end_value``. (A linear warmup when ``init_value < end_value``.)
+    ``transition_steps`` is an int >= 1."""
+    transition_steps = _check_int("linear: transition_steps", transition_steps, 1)
+    init_value = _check_real("linear: init_value", init_value)
+    end_value = _check_real("linear: end_value", end_value)
 
     def schedule(step: int) -> float:
         fraction = min(step, transition_steps) / transition_steps
@@ -67,9 +78,10 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
 
     Each later schedule sees the step counted from its own boundary: at step ``b = boundaries[i]``
     the result is ``schedules[i + 1](0)``. Needs ``len(schedules) == len(boundaries) + 1`` and
-    non-decreasing boundaries.
+    non-decreasing int boundaries >= 0.
     """
-    schedules, boundaries = list(schedules), [int(b) for b in boundaries]
+    schedules = [_check_schedule(f"join: schedules[{i}]", s) for i, s in enumerate(schedules)]
+    boundaries = [_check_int(f"join: boundaries[{i}]", b) for i, b in enumerate(boundaries)]
     if len(schedules) != len(boundaries) + 1:
         raise ValueError(
             f"join: expected len(schedules) == len(boundaries) + 1, found {len(schedules)} "
@@ -89,9 +101,11 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
 def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Schedule:
     """``values[0]`` before ``boundaries[0]``, ``values[i]`` from ``boundaries[i - 1]`` on.
 
-    Needs ``len(values) == len(boundaries) + 1`` and non-decreasing boundaries. PyTorch's
-    ``MultiStepLR(milestones, gamma)`` is ``piecewise_constant(milestones, [lr, lr*gamma, ...])``.
+    Needs ``len(values) == len(boundaries) + 1`` (finite numbers) and non-decreasing int
+    boundaries >= 0. PyTorch's ``MultiStepLR(milestones, gamma)`` is
+    ``piecewise_constant(milestones, [lr, lr*gamma, ...])``.
     """
+    values = [_check_real(f"piecewise_constant: values[{i}]", v) for i, v in enumerate(values)]
     return join([constant(v) for v in values], boundaries)
 
 
@@ -101,10 +115,12 @@ def exponential_decay(
     """``init_value * decay_rate ** (step / transition_steps)``.
 
     With ``staircase=True`` the exponent is rounded down, ``step // transition_steps``, so the
-    value drops by ``decay_rate`` once every ``transition_steps`` steps.
+    value drops by ``decay_rate`` once every ``transition_steps`` steps. ``decay_rate`` is > 0
+    (a negative one has no real fractional powers); ``transition_steps`` is an int >= 1.
     """
-    _require_positive("exponential_decay", "transition_steps", transition_steps)
-    init_value, decay_rate = float(init_value), float(decay_rate)
+    transition_steps = _check_int("exponential_decay: transition_steps", transition_steps, 1)
+    init_value = _check_real("exponential_decay: init_value", init_value)
+    decay_rate = _check_real("exponential_decay: decay_rate", decay_rate, 0.0, open_low=True)
 
     def schedule(step: int) -> float:
         exponent = step // transition_steps if staircase else step / transition_steps
@@ -115,7 +131,9 @@ def exponential_decay(
 
 def step_decay(init_value: float, step_size: int, gamma: float) -> Schedule:
     """``init_value * gamma ** (step // step_size)``, PyTorch's ``StepLR``: multiply by ``gamma``
-    every ``step_size`` steps."""
+    (> 0) every ``step_size`` (an int >= 1) steps."""
+    step_size = _check_int("step_decay: step_size", step_size, 1)
+    gamma = _check_real("step_decay: gamma", gamma, 0.0, open_low=True)
     return exponential_decay(init_value, gamma, step_size, staircase=True)
 
 
@@ -136,8 +154,13 @@ def cosine_decay(init_value: float, decay_steps: int, alpha: float = 0.0) -> Sch
     ``CosineAnnealingLR`` with ``eta_min = alpha * init_value``, ``T_max = decay_steps``)::
 
         init_value * ((1 - alpha) * 0.5 * (1 + cos(pi * min(step, decay_steps) / decay_steps)) + alpha)
+
+    ``init_value`` and ``alpha`` are finite numbers; ``decay_steps`` is an int >= 1.
     """
-    _require_positive("cosine_decay", "decay_steps", decay_steps)
+    decay_steps = _check_int("cosine_decay: decay_steps", decay_steps, 1)
+    # checked, not converted: alpha * init_value keeps the arithmetic of the arguments given
+    _check_real("cosine_decay: init_value", init_value)
+    _check_real("cosine_decay: alpha", alpha)
     return _cosine(init_value, alpha * init_value, decay_steps)
 
 
@@ -153,9 +176,14 @@ def warmup_cosine_decay(
     ``warmup_cosine_decay_schedule``: ``decay_steps`` counts the warmup too).
 
     The value is ``peak_value`` exactly at step ``warmup_steps`` and ``end_value`` from step
-    ``decay_steps`` on. Needs ``0 <= warmup_steps < decay_steps``.
+    ``decay_steps`` on. Needs ints ``0 <= warmup_steps < decay_steps`` and finite values.
     """
-    if not 0 <= warmup_steps < decay_steps:
+    warmup_steps = _check_int("warmup_cosine_decay: warmup_steps", warmup_steps)
+    decay_steps = _check_int("warmup_cosine_decay: decay_steps", decay_steps, 1)
+    peak_value = _check_real("warmup_cosine_decay: peak_value", peak_value)
+    init_value = _check_real("warmup_cosine_decay: init_value", init_value)
+    end_value = _check_real("warmup_cosine_decay: end_value", end_value)
+    if not warmup_steps < decay_steps:
         raise ValueError(
             f"warmup_cosine_decay: expected 0 <= warmup_steps < decay_steps, found "
             f"warmup_steps={warmup_steps!r}, decay_steps={decay_steps!r}"
