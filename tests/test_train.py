@@ -36,7 +36,7 @@ def test_a_run_resumed_from_its_checkpoint_ends_bitwise_equal(tmp_path, make_opt
 
     full_state, full_history = train.train_epochs(step, start, batches, epochs=4, log=None)
 
-    hook = train.save_checkpoints(tmp_path, every=1)
+    hook = train.save_checkpoints(tmp_path, every=1, monitor=None)  # no validation, so no best epoch
     train.train_epochs(step, start, batches, epochs=2, hooks=[hook], log=None)
     saved = checkpoint.load(tmp_path / "checkpoint.msgpack")
     resumed_state, resumed_history = train.train_epochs(
@@ -60,6 +60,75 @@ def test_training_lowers_the_loss_and_evaluate_reports_accuracy():
     assert history["val_loss"][-1] < before["loss"] / 3
     assert history["val_accuracy"][-1] > 0.85 > before["accuracy"]
     assert history["epoch"] == [1, 2, 3, 4, 5]
+
+
+def test_a_nan_in_the_data_stops_training_naming_the_epoch_and_step():
+    model, batches, _ = _problem()
+    x = batches.x.copy()
+    x[17, 5] = np.nan
+    data = datasets.batches(batches.key, x, batches.y, batches.batch_size)
+    bad_step = 1 + next(i for i, (xb, _) in enumerate(data.epoch(0)) if np.isnan(xb).any())
+    optimizer = optim.sgd(0.1)
+    step = train.supervised_step(model, optimizer)
+    state = train.init_train_state(model, optimizer, random.key(0), (-1, 64))
+    with pytest.raises(train.NonFiniteLossError, match=f"epoch 1, step {bad_step} of {len(data)}: the training loss is nan") as error:
+        train.train_epochs(step, state, data, epochs=3, log=None)
+    assert (error.value.epoch, error.value.step) == (1, bad_step)
+    assert error.value.state["step"] == bad_step - 1  # the state before the bad step
+    assert all(np.isfinite(leaf).all() for leaf in tree.leaves(error.value.state["params"]))
+    # with the check off, the NaN spreads to every parameter
+    state, _ = train.train_epochs(step, state, data, epochs=3, log=None, check_finite=False)
+    assert all(np.isnan(leaf).all() for leaf in tree.leaves(state["params"]))
+
+
+def test_metrics_fit_the_loss():
+    x = random.normal(random.key(0), (40, 3))
+    y = x @ np.array([[1.0], [-2.0], [0.5]], np.float32)
+    model, optimizer = layers.Dense(1), optim.sgd(0.1)
+    state = train.init_train_state(model, optimizer, random.key(1), (-1, 3))
+    predict = lambda s: train.evaluate(train.predictor(model, s), [(x, y)], losses.mse)
+    state, history = train.train_epochs(
+        train.supervised_step(model, optimizer, losses.mse), state, datasets.batches(random.key(2), x, y, 8),
+        epochs=3, validate=predict, log=None,
+    )
+    assert sorted(history) == ["epoch", "seconds", "train_loss", "val_loss"]  # no accuracy for a regression
+    assert set(predict(state)) == {"loss"}
+    mean_error = lambda out, target: float(np.abs(out - target).mean())
+    uneven_batches = [(x[:30], y[:30]), (x[30:], y[30:])]  # weighted by size: the mean over all 40 samples
+    scores = train.evaluate(train.predictor(model, state), uneven_batches, losses.mse, {"mae": mean_error})
+    errors = np.abs(x @ state["params"]["w"] + state["params"]["b"] - y)
+    assert set(scores) == {"loss", "mae"}
+    assert scores["mae"] == pytest.approx(errors.mean()) and scores["loss"] == pytest.approx((errors**2).mean())
+    assert train.default_metrics(losses.softmax_cross_entropy) == {"accuracy": losses.accuracy}
+    assert train.default_metrics(losses.binary_cross_entropy_with_logits) == {"accuracy": losses.accuracy}
+    assert train.default_metrics(lambda z, t: losses.mse(z, t)) == {}
+
+
+def test_the_best_epoch_is_replaced_only_by_a_strictly_better_one(tmp_path):
+    assert train.best_epoch({"val_loss": [0.5, 0.3, 0.3, 0.4]}) == 1
+    assert train.best_epoch({"val_accuracy": [0.9, 1.0, 1.0]}, "val_accuracy") == 1
+    assert train.best_epoch({"val_loss": [np.nan, 0.7, np.nan]}) == 1  # NaN is never the best
+    assert train.best_epoch({"score": [3, 1, 2]}, "score", mode="min") == 1
+    hook = train.save_checkpoints(tmp_path)  # monitors val_loss
+    history = {"epoch": [], "val_loss": []}
+    for epoch, loss in enumerate([0.5, 0.3, 0.3, 0.4], start=1):
+        history["epoch"].append(epoch)
+        history["val_loss"].append(loss)
+        hook({"step": epoch}, history)
+    assert checkpoint.read_metadata(tmp_path / "best.msgpack")["epoch"] == 2
+    with pytest.raises(ValueError, match=r"monitor 'val_accuracy' is not in the history; found \['epoch', 'val_loss'\]"):
+        train.save_checkpoints(tmp_path, monitor="val_accuracy")({}, history)
+
+
+def test_counts_are_checked():
+    model, batches, _ = _problem()
+    step = train.supervised_step(model, optim.sgd(0.1))
+    with pytest.raises(ValueError, match="train_epochs: epochs must be a positive int, found 0"):
+        train.train_epochs(step, {}, batches, epochs=0)
+    with pytest.raises(ValueError, match="save_checkpoints: every must be a positive int, found 0"):
+        train.save_checkpoints("unused", every=0)
+    with pytest.raises(ValueError, match="early_stopping: patience must be a positive int, found -1"):
+        train.early_stopping(patience=-1)
 
 
 def test_early_stopping_is_a_function_of_the_history():

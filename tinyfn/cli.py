@@ -2,35 +2,63 @@
 
     tinyfn train iris-binary                     # train a task, write a run folder
     tinyfn train digits --optimizer adam --schedule cosine
-    tinyfn train digits --epochs 40 --resume     # continue a stopped run exactly
-    tinyfn eval runs/digits/checkpoint.msgpack   # test accuracy of a saved run
+    tinyfn train digits --resume                 # continue a stopped run exactly
+    tinyfn train digits --epochs 40 --extend     # train a run for more epochs than it was made for
+    tinyfn eval runs/digits/checkpoint.msgpack   # test loss and accuracy of a saved run
     tinyfn inspect runs/digits/checkpoint.msgpack
     tinyfn plot runs/digits                      # redraw the curves
 
 A run folder holds ``checkpoint.msgpack`` (the latest training state and history),
-``best.msgpack`` (the state with the best validation accuracy), ``history.json`` and
+``best.msgpack`` (the state at the best epoch by ``--monitor``), ``history.json`` and
 ``curves.png``.
+
+**What a run is.** The settings its numbers depend on (task, seed, batch size, learning
+rate, optimizer, schedule, weight decay, epochs, patience, monitor) are the run's
+configuration, saved in its checkpoints. ``--resume`` continues a run with that
+configuration: a flag left out takes its saved value and a flag given with another value is
+refused, so a resumed run ends bit for bit where the uninterrupted run would have.
+``--extend`` is the one way to change a saved run: it resumes it and trains it up to a
+larger ``--epochs``. The learning-rate schedule keeps the length it was made with, so the
+added epochs use its final rate (the same rate for ``constant``, 1% of it for ``step``;
+``cosine`` and ``warmup-cosine`` end at 0, so such runs cannot be extended).
+
+A mistake in the command line or in the files it names ends the command with one line,
+``tinyfn COMMAND: error: ...``, on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
-from . import checkpoint, datasets, optim, random, train
-from .layers import summary
+import numpy as np
+
+from . import __version__, checkpoint, datasets, optim, random, train, tree
+from .layers import init_with_state, summary
 from .tasks import TASKS, get_task
 
-# Flags that must be the same when a run is resumed (epochs may grow).
-_RUN_CONFIG = ("task", "seed", "batch_size", "lr", "optimizer", "schedule", "weight_decay")
+# The settings of a run that a flag can give; with "task" and "schedule_epochs" (the length
+# of the learning-rate schedule, which only --extend makes differ from "epochs") they are
+# the configuration saved in the run's checkpoints.
+_RUN_FLAGS = ("seed", "batch_size", "lr", "optimizer", "schedule", "weight_decay", "epochs", "patience", "monitor")
+
+SCHEDULES = ("constant", "cosine", "warmup-cosine", "step")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad")
+MONITORS = ("val_loss", "val_accuracy")
 
 
-def make_optimizer(name: str, lr: float, schedule: str, weight_decay: float, total_steps: int):
-    """An optimizer from command-line names: ``sgd``, ``momentum``, ``adam``, ``adamw``,
-    ``rmsprop`` or ``adagrad``, with a learning-rate ``schedule`` over ``total_steps``:
-    ``constant``, ``cosine``, ``warmup-cosine`` (10% warm-up) or ``step`` (x0.1 at 50% and 75%)."""
+class CommandError(Exception):
+    """A mistake in the command line or in the files it names: reported in one line."""
+
+
+def make_schedule(name: str, lr: float, total_steps: int):
+    """The learning rate of the schedule called ``name`` over ``total_steps`` steps: the number ``lr``
+    for ``constant``, else a function ``step -> rate``: ``cosine`` (from ``lr`` to 0),
+    ``warmup-cosine`` (10% linear warm-up, then cosine to 0) or ``step`` (x0.1 at 50% and 75%).
+    Past ``total_steps`` each schedule stays at its final rate."""
     total_steps = max(total_steps, 2)  # schedules need a warm-up shorter than the decay
     schedules = {
         "constant": lambda: lr,
@@ -40,16 +68,22 @@ def make_optimizer(name: str, lr: float, schedule: str, weight_decay: float, tot
             [total_steps // 2, (3 * total_steps) // 4], [lr, lr * 0.1, lr * 0.01]
         ),
     }
-    if schedule not in schedules:
-        raise ValueError(f"unknown schedule {schedule!r}; expected one of {', '.join(schedules)}")
-    rate = schedules[schedule]()
+    if name not in schedules:
+        raise ValueError(f"unknown schedule {name!r}; expected one of {', '.join(schedules)}")
+    return schedules[name]()
+
+
+def make_optimizer(name: str, learning_rate, weight_decay: float):
+    """An optimizer from its command-line name: ``sgd``, ``momentum``, ``adam``, ``adamw``,
+    ``rmsprop`` or ``adagrad``. ``learning_rate`` is a number or a schedule; ``weight_decay``
+    is decoupled for ``adamw`` and an L2 term added to the gradients for the others."""
     optimizers = {
-        "sgd": lambda: optim.sgd(rate),
-        "momentum": lambda: optim.sgd(rate, momentum=0.9),
-        "adam": lambda: optim.adam(rate),
-        "adamw": lambda: optim.adamw(rate, weight_decay=weight_decay or 1e-4, mask=optim.decay_mask_no_bias),
-        "rmsprop": lambda: optim.rmsprop(rate),
-        "adagrad": lambda: optim.adagrad(rate),
+        "sgd": lambda: optim.sgd(learning_rate),
+        "momentum": lambda: optim.sgd(learning_rate, momentum=0.9),
+        "adam": lambda: optim.adam(learning_rate),
+        "adamw": lambda: optim.adamw(learning_rate, weight_decay=weight_decay, mask=optim.decay_mask_no_bias),
+        "rmsprop": lambda: optim.rmsprop(learning_rate),
+        "adagrad": lambda: optim.adagrad(learning_rate),
     }
     if name not in optimizers:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(optimizers)}")
@@ -59,8 +93,211 @@ def make_optimizer(name: str, lr: float, schedule: str, weight_decay: float, tot
     return opt
 
 
-def _default_lr(task, optimizer: str) -> float:
-    return 1e-3 if optimizer in ("adam", "adamw", "rmsprop") else task.lr if optimizer == "sgd" else task.lr / 2
+# ----------------------------------------------------------------------------- the run's configuration
+
+
+def _task_defaults(task, optimizer: str) -> dict:
+    """The settings of a new run of ``task`` that the command line leaves out."""
+    adaptive = optimizer in ("adam", "adamw", "rmsprop")
+    return {
+        "seed": 0,
+        "batch_size": task.batch_size,
+        "lr": 1e-3 if adaptive else task.lr if optimizer == "sgd" else task.lr / 2,
+        "optimizer": "sgd",
+        "schedule": "constant",
+        "weight_decay": 1e-4 if optimizer == "adamw" else 0.0,
+        "epochs": task.epochs,
+        "patience": 0,
+        "monitor": "val_loss",
+    }
+
+
+def run_config(args, task, saved: dict | None) -> dict:
+    """The configuration of the run ``args`` asks for: each setting from its flag if given,
+    else from the ``saved`` configuration of the run being resumed, else the task's default.
+
+    Raises :class:`CommandError` when a given flag differs from the saved run (``epochs``
+    may grow with ``args.extend``).
+    """
+    given = {name: getattr(args, name) for name in _RUN_FLAGS if getattr(args, name) is not None}
+    given["task"] = task.name
+    if saved is not None:
+        _check_resumable(given, saved, args.extend)
+    optimizer = given.get("optimizer", (saved or {}).get("optimizer", "sgd"))
+    config = {**_task_defaults(task, optimizer), **(saved or {}), **given}
+    config.setdefault("schedule_epochs", config["epochs"])
+    return config
+
+
+def _check_resumable(given: dict, saved: dict, extend: bool) -> None:
+    differ = {name: (saved[name], value) for name, value in given.items() if name in saved and saved[name] != value}
+    if extend:
+        if "epochs" not in differ or given["epochs"] < saved["epochs"]:
+            found = given.get("epochs", "no --epochs")
+            raise CommandError(f"--extend: expected --epochs greater than the run's {saved.get('epochs')}, found {found}")
+        del differ["epochs"]
+    if differ:
+        diffs = ", ".join(f"{name}: saved {a!r}, now {b!r}" for name, (a, b) in differ.items())
+        hint = ", or pass --extend to train it for more epochs" if "epochs" in differ else ""
+        raise CommandError(
+            f"--resume: the saved run was made with other settings ({diffs}); leave those flags out to continue "
+            f"it as it was{hint}"
+        )
+
+
+def _saved_config(out: Path) -> dict:
+    path = out / "checkpoint.msgpack"
+    if not path.is_file():
+        raise CommandError(
+            f"expected a run to continue in {out}, found no {path} (train it first, without --resume or --extend)"
+        )
+    config = checkpoint.read_metadata(path).get("config")
+    if not isinstance(config, dict) or "task" not in config:
+        raise CommandError(f"{path}: expected a checkpoint written by `tinyfn train`, found no task in its metadata")
+    return config
+
+
+def _run_folder(out: str | None, task) -> Path:
+    folder = Path(out) if out else Path("runs") / task.name
+    if folder.exists() and not folder.is_dir():
+        raise CommandError(f"--out: expected a folder for the run, found the file {folder}")
+    return folder
+
+
+# ----------------------------------------------------------------------------- saved runs
+
+
+def _checkpoint_file(name: str) -> Path:
+    path = Path(name)
+    if not path.exists():
+        raise CommandError(f"expected a checkpoint file, found nothing at {path}")
+    if path.is_dir():
+        hint = f" (did you mean {path / 'checkpoint.msgpack'}?)" if (path / "checkpoint.msgpack").is_file() else ""
+        raise CommandError(f"expected a checkpoint file, found the folder {path}{hint}")
+    return path
+
+
+def _leaf_shapes(params) -> dict:
+    """``{path: "(64, 10) float32"}`` for each leaf of ``params``."""
+    return {path: f"{np.shape(leaf)} {np.asarray(leaf).dtype}" for path, leaf in tree.leaves_with_path(params)}
+
+
+def _load_run(path: Path, expected_params) -> dict:
+    """The ``{"state", "history"}`` saved at ``path``, after checking that its params have the
+    names, shapes and dtypes of ``expected_params`` (the task's model, freshly initialised)."""
+    saved = checkpoint.load(path)
+    try:
+        found = _leaf_shapes(saved["state"]["params"])
+        saved["history"]["epoch"]  # what a resumed run continues from
+    except (KeyError, TypeError):
+        layout = "{'state': {'params': ...}, 'history': {'epoch': ...}}"
+        raise CommandError(f"{path}: expected a run's {layout}, found another tree") from None
+    expected = _leaf_shapes(expected_params)
+    for name in sorted(expected.keys() | found.keys()):
+        if expected.get(name) != found.get(name):
+            raise CommandError(
+                f"{path}: the params do not fit the task's model: expected {name} {expected.get(name, 'absent')}, "
+                f"found {found.get(name, 'absent')} (a checkpoint of another model or tinyfn version?)"
+            )
+    return saved
+
+
+def _evaluate(task, model, state, x, y) -> dict:
+    return train.evaluate(train.predictor(model, state), [(x, y)], task.loss, task.metrics)
+
+
+def _format_metrics(prefix: str, metrics: dict) -> str:
+    return "  ".join(f"{prefix} {name} {value:.4f}" for name, value in metrics.items())
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_train(args) -> int:
+    task = get_task(args.task)
+    out = _run_folder(args.out, task)
+    resume = args.resume or args.extend
+    saved = _saved_config(out) if resume else None
+    config = run_config(args, task, saved)
+
+    data = task.load(config["seed"], args.data)
+    key = random.key(config["seed"])
+    # hold out a stratified validation split of the training set; the test split is only scored at the end
+    x_train, y_train, x_val, y_val = datasets.train_test_split(random.fold_in(key, 1), data.x_train, data.y_train, 0.15)
+    batches = datasets.batches(random.fold_in(key, 2), x_train, y_train, config["batch_size"])
+    schedule_steps = config["schedule_epochs"] * len(batches)
+    learning_rate = make_schedule(config["schedule"], config["lr"], schedule_steps)
+    optimizer = make_optimizer(config["optimizer"], learning_rate, config["weight_decay"])
+    model = task.model()
+    input_shape = (-1,) + x_train.shape[1:]
+    state = train.init_train_state(model, optimizer, random.fold_in(key, 3), input_shape)
+    history = None
+
+    if resume:
+        final_rate = learning_rate(schedule_steps) if callable(learning_rate) else learning_rate
+        if config["epochs"] > config["schedule_epochs"]:
+            _explain_extension(config, final_rate)
+        snapshot = _load_run(out / "checkpoint.msgpack", state["params"])
+        state, history = snapshot["state"], snapshot["history"]
+        print(f"resuming {out} after epoch {len(history['epoch'])} of {config['epochs']}")
+    else:
+        print(f"{task.description}\n{summary(model, input_shape)}")
+    print(f"train {len(x_train)}, validation {len(x_val)}, test {len(data.x_test)} samples; "
+          f"{config['optimizer']} lr={config['lr']} schedule={config['schedule']}, batch {config['batch_size']}, "
+          f"seed {config['seed']}, best epoch by {config['monitor']}")
+
+    hooks = [train.save_checkpoints(out, args.checkpoint_every, monitor=config["monitor"], metadata={"config": config})]
+    epochs = config["epochs"]
+    if config["patience"]:
+        stop_early = train.early_stopping(config["monitor"], config["patience"])
+        hooks.append(stop_early)
+        if history is not None and stop_early(state, history):
+            epochs = len(history["epoch"])  # the uninterrupted run stopped here: train no further
+            print(f"the run stopped early at epoch {epochs}: "
+                  f"{config['monitor']} did not improve for {config['patience']} epochs")
+    progress = not args.no_progress
+    if progress:
+        _hint_if_no_progress_bar()
+    state, history = train.train_epochs(
+        train.supervised_step(model, optimizer, task.loss, metrics=task.metrics),
+        state,
+        batches,
+        epochs=epochs,
+        validate=lambda s: _evaluate(task, model, s, x_val, y_val),
+        record=lambda s: {"learning_rate": optim.current_learning_rate(s["opt_state"])},
+        history=history,
+        hooks=hooks,
+        progress=progress,
+    )
+    test = _evaluate(task, model, state, data.x_test, data.y_test)
+    checkpoint.save(
+        out / "checkpoint.msgpack",
+        train.snapshot(state, history),
+        metadata={"config": config, "epoch": history["epoch"][-1], **{f"test_{k}": v for k, v in test.items()}},
+    )
+    _write_outputs(out, history, f"tinyfn train {task.name} ({config['optimizer']}, seed {config['seed']})")
+    print(_format_metrics("test", test))
+    print(f"wrote {out / 'checkpoint.msgpack'}")
+    return 0
+
+
+def _explain_extension(config: dict, final_rate: float) -> None:
+    """Say what happens to the learning rate of a run trained past its schedule (``--extend``)."""
+    schedule, length = config["schedule"], config["schedule_epochs"]
+    if final_rate == 0:
+        raise CommandError(f"--extend: the {schedule} schedule of this run ends at learning rate 0, so more epochs "
+                           "would not change it; start a new run with the --epochs you want")
+    print(f"the {schedule} learning-rate schedule keeps its {length} epochs: epochs "
+          f"{length + 1}-{config['epochs']} use its final rate {final_rate:g}")
+
+
+def _hint_if_no_progress_bar() -> None:
+    if not sys.stderr.isatty():
+        return
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        print("(no progress bar: it needs tqdm, pip install tqdm or tinyfn's extra 'progress')", file=sys.stderr)
 
 
 def _write_outputs(out: Path, history: dict, title: str) -> None:
@@ -74,123 +311,114 @@ def _write_outputs(out: Path, history: dict, title: str) -> None:
         print(f"(no plot: {e})")
 
 
-def cmd_train(args) -> int:
-    task = get_task(args.task)
-    args.epochs = args.epochs or task.epochs
-    args.batch_size = args.batch_size or task.batch_size
-    args.lr = args.lr if args.lr is not None else _default_lr(task, args.optimizer)
-    out = Path(args.out or Path("runs") / task.name)
-    out.mkdir(parents=True, exist_ok=True)
-    config = {name: getattr(args, name) for name in _RUN_CONFIG}
-
-    data = task.load(args.seed, args.data)
-    key = random.key(args.seed)
-    # hold out a stratified validation split of the training set; the test split is only scored at the end
-    x_train, y_train, x_val, y_val = datasets.train_test_split(random.fold_in(key, 1), data.x_train, data.y_train, 0.15)
-    batches = datasets.batches(random.fold_in(key, 2), x_train, y_train, args.batch_size)
-    optimizer = make_optimizer(args.optimizer, args.lr, args.schedule, args.weight_decay, args.epochs * len(batches))
-    model = task.model()
-    input_shape = (-1,) + x_train.shape[1:]
-    state = train.init_train_state(model, optimizer, random.fold_in(key, 3), input_shape)
-    history = None
-
-    if args.resume:
-        snapshot = checkpoint.load(out / "checkpoint.msgpack")
-        saved = checkpoint.read_metadata(out / "checkpoint.msgpack").get("config", {})
-        changed = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k) != v}
-        if changed:
-            diffs = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in changed.items())
-            raise SystemExit(f"--resume: the run in {out} was made with other settings ({diffs})")
-        state, history = snapshot["state"], snapshot["history"]
-        print(f"resuming {out} after epoch {len(history['epoch'])}")
-    else:
-        print(f"{task.description}\n{summary(model, input_shape)}")
-    print(f"train {len(x_train)}, validation {len(x_val)}, test {len(data.x_test)} samples; "
-          f"{args.optimizer} lr={args.lr} schedule={args.schedule}, batch {args.batch_size}, seed {args.seed}")
-
-    def validate(s):
-        return train.evaluate(train.predictor(model, s), [(x_val, y_val)], task.loss)
-
-    hooks = [train.save_checkpoints(out, args.checkpoint_every, metadata={"config": config})]
-    if args.patience:
-        hooks.append(train.early_stopping("val_accuracy", args.patience))
-    state, history = train.train_epochs(
-        train.supervised_step(model, optimizer, task.loss),
-        state,
-        batches,
-        epochs=args.epochs,
-        validate=validate,
-        record=lambda s: {"learning_rate": optim.current_learning_rate(s["opt_state"])},
-        history=history,
-        hooks=hooks,
-        progress=not args.no_progress,
-    )
-    test = train.evaluate(train.predictor(model, state), [(data.x_test, data.y_test)], task.loss)
-    checkpoint.save(
-        out / "checkpoint.msgpack",
-        train.snapshot(state, history),
-        metadata={"config": config, "epoch": history["epoch"][-1], "test_accuracy": test["accuracy"]},
-    )
-    _write_outputs(out, history, f"tinyfn train {task.name} ({args.optimizer}, seed {args.seed})")
-    print(f"test accuracy {test['accuracy']:.4f}  test loss {test['loss']:.4f}")
-    print(f"wrote {out / 'checkpoint.msgpack'}")
-    return 0
-
-
 def cmd_eval(args) -> int:
-    path = Path(args.checkpoint)
+    path = _checkpoint_file(args.checkpoint)
     config = checkpoint.read_metadata(path).get("config")
-    if not config or "task" not in config:
-        raise SystemExit(f"{path}: not a checkpoint written by `tinyfn train` (its metadata has no task)")
+    if not isinstance(config, dict) or "task" not in config or not isinstance(config.get("seed"), int):
+        found = f"config keys {sorted(config)}" if isinstance(config, dict) else "no config"
+        raise CommandError(f"{path}: expected a checkpoint written by `tinyfn train`, with the task and seed in "
+                           f"its metadata's config; found {found}")
     task = get_task(config["task"])
     data = task.load(config["seed"], args.data)
-    state = checkpoint.load(path)["state"]
-    test = train.evaluate(train.predictor(task.model(), state), [(data.x_test, data.y_test)], task.loss)
-    print(f"{task.name}: test accuracy {test['accuracy']:.4f}  test loss {test['loss']:.4f}  ({len(data.y_test)} samples)")
+    model = task.model()
+    _, expected_params, _ = init_with_state(model, random.key(0), (-1,) + data.x_test.shape[1:])
+    state = _load_run(path, expected_params)["state"]
+    test = _evaluate(task, model, state, data.x_test, data.y_test)
+    print(f"{task.name}: {_format_metrics('test', test)}  ({len(data.y_test)} samples)")
     return 0
 
 
 def cmd_inspect(args) -> int:
-    print(checkpoint.describe(args.checkpoint))
+    print(checkpoint.describe(_checkpoint_file(args.checkpoint)))
     return 0
 
 
 def cmd_plot(args) -> int:
     run = Path(args.run_dir)
     history_file = run / "history.json"
-    if not history_file.exists():
-        raise SystemExit(f"{run}: expected a run folder with history.json, found none")
+    if not history_file.is_file():
+        raise CommandError(f"{run}: expected a run folder with history.json, found none")
     from .viz import plot_history
 
-    print(f"wrote {plot_history(json.loads(history_file.read_text()), run / 'curves.png', title=str(run))}")
+    try:
+        path = plot_history(json.loads(history_file.read_text()), run / "curves.png", title=str(run))
+    except ImportError as e:  # matplotlib is an optional extra
+        raise CommandError(str(e)) from None
+    print(f"wrote {path}")
     return 0
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, ``PROG: error: MESSAGE``, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(convert, low, *, strict: bool):
+    """An argparse ``type``: ``convert(text)``, finite and ``> low`` (``strict``) or ``>= low``."""
+    expected = f"{'an integer' if convert is int else 'a number'} {'>' if strict else '>='} {low}"
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"expected {expected}, found {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _number(int, 0, strict=True)
+_natural_int = _number(int, 0, strict=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tinyfn`` command."""
-    parser = argparse.ArgumentParser(prog="tinyfn", description="tinyfn: train and inspect small models")
+    parser = _Parser(prog="tinyfn", description="tinyfn: train and inspect small models")
+    parser.add_argument("--version", action="version", version=f"tinyfn {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    p = commands.add_parser("train", help="train a model on a named task")
+    p = commands.add_parser("train", help="train a model on a named task",
+                            description="Train a model on a named task and write its run folder. Settings left "
+                            "out take the task's defaults, or the saved run's with --resume and --extend.")
     p.add_argument("task", choices=list(TASKS))
-    p.add_argument("--epochs", type=int, help="total epochs (default: per task)")
-    p.add_argument("--batch-size", type=int, help="mini-batch size (default: per task)")
-    p.add_argument("--lr", type=float, help="learning rate (default: per task and optimizer)")
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad"])
-    p.add_argument("--schedule", default="constant", choices=["constant", "cosine", "warmup-cosine", "step"])
-    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay (decoupled for adamw)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split, the init and the shuffling")
-    p.add_argument("--out", help="run folder (default: runs/TASK)")
-    p.add_argument("--data", help="folder of IDX files (mnist task)")
-    p.add_argument("--resume", action="store_true", help="continue the run in the output folder from its checkpoint")
-    p.add_argument("--checkpoint-every", type=int, default=1, help="save checkpoint.msgpack every N epochs")
-    p.add_argument("--patience", type=int, default=0, help="stop after N epochs without validation improvement")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--epochs", metavar="N", type=_positive_int, help="total epochs (default: per task)")
+    p.add_argument("--batch-size", metavar="N", type=_positive_int, help="mini-batch size (default: per task)")
+    p.add_argument("--lr", type=_number(float, 0, strict=True), help="learning rate (default: per task and optimizer)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="default: sgd")
+    p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule over the epochs (default: constant)")
+    p.add_argument("--weight-decay", type=_number(float, 0, strict=False),
+                   help="L2 weight decay, decoupled for adamw (default: 1e-4 for adamw, else 0)")
+    p.add_argument("--seed", metavar="N", type=_natural_int,
+                   help="seed of the split, the init and the shuffling (default: 0)")
+    p.add_argument("--monitor", choices=MONITORS,
+                   help="the validation metric that picks best.msgpack and drives --patience: val_loss (lower is "
+                   "better; the default) or val_accuracy (higher is better). A later epoch becomes the best only "
+                   "if strictly better, so ties keep the earlier epoch")
+    p.add_argument("--patience", metavar="N", type=_natural_int,
+                   help="stop after N epochs without improvement of --monitor (default: 0, never stop early)")
+    p.add_argument("--out", metavar="DIR", help="run folder (default: runs/TASK)")
+    p.add_argument("--data", metavar="DIR", help="folder of IDX files (mnist task)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in the output folder from its checkpoint, with its saved settings")
+    p.add_argument("--extend", action="store_true",
+                   help="resume the run and train it up to a larger --epochs; its learning-rate schedule keeps its "
+                   "length, so the added epochs use the schedule's final rate")
+    p.add_argument("--checkpoint-every", metavar="N", type=_positive_int, default=1,
+                   help="save checkpoint.msgpack every N epochs")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (shown on a terminal when tqdm is installed)")
     p.set_defaults(run=cmd_train)
 
-    p = commands.add_parser("eval", help="test accuracy of a checkpoint written by `tinyfn train`")
+    p = commands.add_parser("eval", help="test loss and accuracy of a checkpoint written by `tinyfn train`")
     p.add_argument("checkpoint")
-    p.add_argument("--data", help="folder of IDX files (mnist task)")
+    p.add_argument("--data", metavar="DIR", help="folder of IDX files (mnist task)")
     p.set_defaults(run=cmd_eval)
 
     p = commands.add_parser("inspect", help="print the tree stored in a checkpoint")
@@ -204,13 +432,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Entry point of the ``tinyfn`` command; returns the exit status."""
+    """Entry point of the ``tinyfn`` command; returns the exit status.
+
+    Mistakes in the command line or the files it names (and a training loss that turns NaN)
+    print one line ``tinyfn COMMAND: error: ...`` to stderr and return 2; argparse exits
+    with 2 itself for a malformed command line.
+    """
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, checkpoint.CheckpointError) as e:
+    except (CommandError, ValueError, OSError, train.NonFiniteLossError) as e:
         print(f"tinyfn {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"tinyfn {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

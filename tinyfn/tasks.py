@@ -1,12 +1,14 @@
-"""The named training tasks of the ``tinyfn train`` command: data, model, loss and defaults.
+"""The named training tasks of the ``tinyfn train`` command: data, model, loss, metrics and defaults.
 
 Each task is rebuilt the same way from its name and seed, which is how ``tinyfn eval`` can
-score a checkpoint on the same test split the run held out.
+score a checkpoint on the same test split the run held out. The models are written the way a
+user would write them (``Dense(n, activation="relu")``), so a checkpoint's ``params`` load
+into the same model built by hand.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -28,7 +30,8 @@ class Data:
 
 @dataclass(frozen=True)
 class Task:
-    """A named task: ``load(seed, data_dir) -> Data``, ``model() -> Layer``, the loss and defaults."""
+    """A named task: ``load(seed, data_dir) -> Data``, ``model() -> Layer``, the loss, the
+    metrics reported beside it (``{name: metric(predictions, y) -> float}``) and defaults."""
 
     name: str
     description: str
@@ -38,7 +41,8 @@ class Task:
     epochs: int
     batch_size: int
     lr: float
-    optimizer: str = "sgd"
+    # every shipped task is a classifier; a regression task would pass metrics={}
+    metrics: dict = field(default_factory=lambda: {"accuracy": losses.accuracy})
 
 
 def _split_and_standardize(seed: int, x, y, test_fraction=0.2) -> Data:
@@ -73,7 +77,8 @@ def mnist_cnn() -> layers.Layer:
     """The classic PyTorch MNIST example network: (N, 1, 28, 28) images -> (N, 10) logits.
 
     conv 3x3 32 - ReLU - conv 3x3 64 - ReLU - max-pool 2 - dropout 0.25 - flatten -
-    dense 128 - ReLU - dropout 0.5 - dense 10.
+    dense 128 - ReLU - dropout 0.5 - dense 10. Params: ``conv2d_0``, ``conv2d_1``,
+    ``dense_5``, ``dense_7``.
     """
     return layers.serial(
         conv.Conv2D(32, 3, activation="relu"),  # -> (N, 32, 26, 26)
@@ -81,8 +86,7 @@ def mnist_cnn() -> layers.Layer:
         conv.MaxPool2D(2),  # -> (N, 64, 12, 12)
         layers.Dropout(0.25),
         layers.Flatten(),
-        layers.Dense(128),
-        layers.Relu(),
+        layers.Dense(128, activation="relu"),
         layers.Dropout(0.5),
         layers.Dense(10),
     )
@@ -109,7 +113,7 @@ TASKS = {
             "iris",
             "Iris, 3 classes, a 4-16-3 ReLU network with softmax cross-entropy",
             _iris,
-            lambda: layers.serial(layers.Dense(16), layers.Relu(), layers.Dense(3)),
+            lambda: layers.serial(layers.Dense(16, activation="relu"), layers.Dense(3)),
             losses.softmax_cross_entropy,
             epochs=60,
             batch_size=16,
@@ -119,7 +123,9 @@ TASKS = {
             "digits",
             "8x8 handwritten digits, a 64-128-64-10 ReLU network with softmax cross-entropy",
             _digits,
-            lambda: layers.serial(layers.Dense(128), layers.Relu(), layers.Dense(64), layers.Relu(), layers.Dense(10)),
+            lambda: layers.serial(
+                layers.Dense(128, activation="relu"), layers.Dense(64, activation="relu"), layers.Dense(10)
+            ),
             losses.softmax_cross_entropy,
             epochs=30,
             batch_size=32,

@@ -6,9 +6,11 @@ Everything else here is a convenience around it:
 
 * :func:`init_train_state` and :func:`supervised_step` build the usual training state and
   step from a model, a loss and an optimizer;
-* :func:`evaluate` averages loss and accuracy over batches;
+* :func:`evaluate` averages the loss and the metrics that fit it over batches (accuracy for
+  the classification losses, nothing else for mse: see :func:`default_metrics`);
 * :func:`train_epochs` runs epochs (reshuffled from a key), validates after each, prints
-  progress, and calls hooks such as :func:`early_stopping` and :func:`save_checkpoints`.
+  progress, stops on a NaN or infinite loss, and calls hooks such as :func:`early_stopping`
+  and :func:`save_checkpoints`, which pick the best epoch the same way (:func:`best_epoch`).
 
 A training state is a plain dict (a pytree), so it is saved and restored with
 :mod:`tinyfn.checkpoint` and a resumed run continues bit for bit:
@@ -18,6 +20,7 @@ A training state is a plain dict (a pytree), so it is saved and restored with
 from __future__ import annotations
 
 import functools
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -30,11 +33,14 @@ from .layers import Layer, apply_with_state, init_with_state
 
 __all__ = [
     "fit",
+    "NonFiniteLossError",
     "init_train_state",
+    "default_metrics",
     "supervised_step",
     "predictor",
     "evaluate",
     "train_epochs",
+    "best_epoch",
     "early_stopping",
     "snapshot",
     "save_checkpoints",
@@ -61,7 +67,7 @@ def fit(step, state, batches, *, progress: bool = False):
     return state, {name: np.array([float(r[name]) for r in records]) for name in names}
 
 
-def _with_progress(iterable, progress: bool):
+def _with_progress(iterable, progress: bool, total: int | None = None, desc: str | None = None):
     """Wrap ``iterable`` in a tqdm bar when asked for, tqdm is installed and stderr is a terminal."""
     if not progress or not sys.stderr.isatty():
         return iterable
@@ -69,7 +75,19 @@ def _with_progress(iterable, progress: bool):
         from tqdm.auto import tqdm
     except ImportError:
         return iterable
-    return tqdm(iterable, leave=False, unit="batch")
+    return tqdm(iterable, total=total, desc=desc, leave=False, unit="batch")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training met a NaN or infinite loss (raised by :func:`train_epochs`).
+
+    ``epoch`` and ``step`` (the step within that epoch, both counted from 1) say where;
+    ``state`` is the training state before that step, whose update was not applied.
+    """
+
+    def __init__(self, message: str, *, epoch: int, step: int, state):
+        super().__init__(message)
+        self.epoch, self.step, self.state = epoch, step, state
 
 
 def init_train_state(model: Layer, optimizer, key, input_shape) -> dict:
@@ -89,14 +107,28 @@ def init_train_state(model: Layer, optimizer, key, input_shape) -> dict:
     }
 
 
-def supervised_step(model: Layer, optimizer, loss_fn=losses.softmax_cross_entropy, regularizer=None):
+_CLASSIFICATION_LOSSES = (losses.softmax_cross_entropy, losses.binary_cross_entropy_with_logits)
+
+
+def default_metrics(loss_fn) -> dict:
+    """The metrics reported beside ``loss_fn``: ``{"accuracy": losses.accuracy}`` for the
+    classification losses (``softmax_cross_entropy``, ``binary_cross_entropy_with_logits``),
+    ``{}`` for any other (``mse``, a loss of your own: pass ``metrics=`` to choose)."""
+    return {"accuracy": losses.accuracy} if loss_fn in _CLASSIFICATION_LOSSES else {}
+
+
+def supervised_step(model: Layer, optimizer, loss_fn=losses.softmax_cross_entropy, regularizer=None, metrics=None):
     """The usual step for ``(x, y)`` batches: forward, loss, gradients, optimizer update.
 
     ``loss_fn(predictions, y)`` returns a scalar; ``regularizer(params)``, if given, is added
-    to it (written with tinyfn ops, so it is differentiated too). Returns
-    ``step(state, (x, y)) -> (state, {"loss", "accuracy"})`` for :func:`fit`.
+    to it (written with tinyfn ops, so it is differentiated too). ``metrics`` maps names to
+    ``metric(predictions, y) -> float`` (default: :func:`default_metrics` of ``loss_fn``).
+    Returns ``step(state, (x, y)) -> (state, {"loss": float, name: float for each metric})``
+    for :func:`fit`.
     """
     from .optim import apply_updates
+
+    metrics = default_metrics(loss_fn) if metrics is None else metrics
 
     def objective(params, model_state, x, y, key):
         predictions, new_model_state = apply_with_state(model, params, x, model_state, key=key, train=True)
@@ -119,7 +151,7 @@ def supervised_step(model: Layer, optimizer, loss_fn=losses.softmax_cross_entrop
             "step": state["step"] + 1,
             "key": next_key,
         }
-        return new_state, {"loss": float(loss), "accuracy": losses.accuracy(predictions, y)}
+        return new_state, {"loss": float(loss), **{name: metric(predictions, y) for name, metric in metrics.items()}}
 
     return step
 
@@ -134,19 +166,26 @@ def predictor(model: Layer, state: dict):
     return predict
 
 
-def evaluate(predict, batches, loss_fn=losses.softmax_cross_entropy) -> dict:
-    """Mean ``loss`` and ``accuracy`` of ``predict(x)`` over ``(x, y)`` batches, weighted by
-    batch size. Returns ``{"loss": float, "accuracy": float}``."""
-    total = loss_sum = correct = 0.0
+def evaluate(predict, batches, loss_fn=losses.softmax_cross_entropy, metrics=None) -> dict:
+    """Mean loss and metrics of ``predict(x)`` over ``(x, y)`` batches, weighted by batch size.
+
+    ``metrics`` maps names to ``metric(predictions, y) -> float`` (default:
+    :func:`default_metrics` of ``loss_fn``, so accuracy for the classification losses only).
+    Returns ``{"loss": float, name: float for each metric}``.
+    """
+    metrics = default_metrics(loss_fn) if metrics is None else metrics
+    total = 0
+    sums = dict.fromkeys(["loss", *metrics], 0.0)
     for x, y in batches:
         out = predict(x)
         n = len(y)
-        loss_sum += float(loss_fn(out, y)) * n
-        correct += losses.accuracy(out, y) * n
+        sums["loss"] += float(loss_fn(out, y)) * n
+        for name, metric in metrics.items():
+            sums[name] += metric(out, y) * n
         total += n
     if total == 0:
         raise ValueError("evaluate: no batches to evaluate")
-    return {"loss": loss_sum / total, "accuracy": correct / total}
+    return {name: value / total for name, value in sums.items()}
 
 
 def train_epochs(
@@ -161,6 +200,7 @@ def train_epochs(
     hooks=(),
     progress: bool = True,
     log=print,
+    check_finite: bool = True,
 ):
     """Train for ``epochs`` epochs in total, continuing after the epochs already in ``history``.
 
@@ -168,7 +208,9 @@ def train_epochs(
       step: a step function for :func:`fit`.
       state: the training state (see :func:`init_train_state`).
       data: a :class:`tinyfn.datasets.Batches`; epoch ``e`` uses its ``epoch(e)`` order.
-      validate: optional ``validate(state) -> {"loss": .., "accuracy": ..}`` run after each epoch.
+      epochs: the total number of epochs (a positive int), those in ``history`` included.
+      validate: optional ``validate(state) -> {"loss": .., ...}`` run after each epoch (such
+        as :func:`evaluate` on a validation split).
       record: optional ``record(state) -> {name: float}`` of extra per-epoch values (for
         example the learning rate) added to the history.
       history: the per-epoch history of an earlier run to resume (from its checkpoint).
@@ -176,15 +218,23 @@ def train_epochs(
         True training stops (see :func:`early_stopping`, :func:`save_checkpoints`).
       progress: show a batch progress bar (tqdm, on a terminal only).
       log: where the per-epoch line goes (``print`` by default; ``None`` for silence).
+      check_finite: raise :class:`NonFiniteLossError` (naming the epoch and step) as soon as
+        a step's ``"loss"`` is NaN or infinite, before its update is applied; a single NaN
+        in the data would otherwise turn every parameter into NaN without a word.
 
     Returns ``(state, history)``; ``history`` maps ``"epoch"``, ``"train_loss"``,
-    ``"train_accuracy"``, ``"val_loss"``, ``"val_accuracy"``, ``"seconds"`` to per-epoch lists.
+    ``"val_loss"``, one ``"train_NAME"`` and ``"val_NAME"`` per metric (such as
+    ``"train_accuracy"``), the names ``record`` returns, and ``"seconds"`` to per-epoch lists.
     """
+    if not (isinstance(epochs, (int, np.integer)) and epochs >= 1):
+        raise ValueError(f"train_epochs: epochs must be a positive int, found {epochs!r}")
     history = {name: np.asarray(values).tolist() for name, values in (history or {}).items()}
     start = len(history.get("epoch", []))
     for epoch in range(start, epochs):
         started = time.perf_counter()
-        state, batch_history = fit(step, state, data.epoch(epoch), progress=progress)
+        batches = _with_progress(data.epoch(epoch), progress, total=len(data), desc=f"epoch {epoch + 1}/{epochs}")
+        epoch_step = _stop_on_nonfinite_loss(step, epoch + 1, len(data)) if check_finite else step
+        state, batch_history = fit(epoch_step, state, batches)
         row = {"epoch": epoch + 1}
         row.update({f"train_{name}": float(np.mean(values)) for name, values in batch_history.items()})
         if validate is not None:
@@ -202,6 +252,27 @@ def train_epochs(
     return state, history
 
 
+def _stop_on_nonfinite_loss(step, epoch: int, steps_per_epoch: int):
+    """``step`` that raises :class:`NonFiniteLossError` instead of returning a NaN or infinite loss."""
+    numbers = itertools.count(1)
+
+    def checked(state, batch):
+        number = next(numbers)
+        new_state, metrics = step(state, batch)
+        loss = metrics.get("loss", 0.0)
+        if not np.isfinite(loss):
+            raise NonFiniteLossError(
+                f"epoch {epoch}, step {number} of {steps_per_epoch}: the training loss is {loss}; training stopped "
+                "before this update (look for NaN or inf in the data, or lower the learning rate)",
+                epoch=epoch,
+                step=number,
+                state=state,
+            )
+        return new_state, metrics
+
+    return checked
+
+
 def _format_row(row: dict, epochs: int) -> str:
     parts = [f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}"]
     parts += [
@@ -213,19 +284,36 @@ def _format_row(row: dict, epochs: int) -> str:
     return "  ".join(parts)
 
 
-def _best_epoch(values: list, mode: str) -> int:
+def best_epoch(history: dict, monitor: str = "val_loss", mode: str = "auto") -> int:
+    """The index (from 0) of the best epoch in ``history`` by ``history[monitor]``.
+
+    ``mode`` is ``"min"`` (lower is better), ``"max"``, or ``"auto"``: ``"min"`` for a name
+    ending in ``loss``, ``"max"`` for any other (an accuracy). Ties go to the earliest
+    epoch: a later epoch replaces the best only if it is strictly better. A NaN is never
+    better than a number. This is the rule of :func:`early_stopping` and of the
+    ``best.msgpack`` of :func:`save_checkpoints`.
+    """
+    if monitor not in history:
+        raise ValueError(f"monitor {monitor!r} is not in the history; found {sorted(history)}")
+    if mode == "auto":
+        mode = "min" if monitor.endswith("loss") else "max"
     if mode not in ("min", "max"):
-        raise ValueError(f"mode must be 'min' or 'max', found {mode!r}")
-    return int(np.argmax(values) if mode == "max" else np.argmin(values))
+        raise ValueError(f"mode must be 'min', 'max' or 'auto', found {mode!r}")
+    values = np.asarray(history[monitor], dtype=np.float64)
+    if mode == "min":
+        values = -values
+    return int(np.argmax(np.nan_to_num(values, nan=-np.inf)))  # argmax returns the first of equal values
 
 
-def early_stopping(monitor: str = "val_accuracy", patience: int = 5, mode: str = "max"):
-    """A hook that stops training when ``history[monitor]`` has not improved for ``patience``
-    epochs. It is a pure function of the history, so it behaves the same after a resume."""
+def early_stopping(monitor: str = "val_loss", patience: int = 5, mode: str = "auto"):
+    """A hook that stops training when ``history[monitor]`` has not improved (strictly, see
+    :func:`best_epoch`) for ``patience`` epochs. It is a pure function of the history, so it
+    behaves the same after a resume."""
+    if not (isinstance(patience, (int, np.integer)) and patience >= 1):
+        raise ValueError(f"early_stopping: patience must be a positive int, found {patience!r}")
 
     def hook(state, history):
-        values = history[monitor]
-        return len(values) - 1 - _best_epoch(values, mode) >= patience
+        return len(history[monitor]) - 1 - best_epoch(history, monitor, mode) >= patience
 
     return hook
 
@@ -236,13 +324,17 @@ def snapshot(state: dict, history: dict) -> dict:
     return {"state": state, "history": {name: np.asarray(values) for name, values in history.items()}}
 
 
-def save_checkpoints(run_dir, every: int = 1, monitor: str | None = "val_accuracy", mode: str = "max", metadata=None):
+def save_checkpoints(run_dir, every: int = 1, monitor: str | None = "val_loss", mode: str = "auto", metadata=None):
     """A hook writing ``{"state", "history"}`` to ``run_dir/checkpoint.msgpack`` every ``every``
-    epochs, and to ``run_dir/best.msgpack`` when ``history[monitor]`` is the best so far.
-    ``metadata`` (a dict) is stored in both files with the epoch. Resume from
-    ``checkpoint.msgpack`` by passing its state and history back to :func:`train_epochs`."""
+    epochs, and to ``run_dir/best.msgpack`` when the epoch is the best so far by
+    ``history[monitor]`` (see :func:`best_epoch`: only a strictly better epoch replaces it;
+    ``monitor=None`` writes no best.msgpack). ``metadata`` (a dict) is stored in both files
+    with the epoch. Resume from ``checkpoint.msgpack`` by passing its state and history back
+    to :func:`train_epochs`."""
     from . import checkpoint
 
+    if not (isinstance(every, (int, np.integer)) and every >= 1):
+        raise ValueError(f"save_checkpoints: every must be a positive int, found {every!r}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -251,7 +343,7 @@ def save_checkpoints(run_dir, every: int = 1, monitor: str | None = "val_accurac
         contents = snapshot(state, history)
         if info["epoch"] % every == 0:
             checkpoint.save(run_dir / "checkpoint.msgpack", contents, metadata=info)
-        if monitor is not None and monitor in history and _best_epoch(history[monitor], mode) == len(history[monitor]) - 1:
+        if monitor is not None and best_epoch(history, monitor, mode) == len(history["epoch"]) - 1:
             checkpoint.save(run_dir / "best.msgpack", contents, metadata=info)
         return False
 

@@ -47,9 +47,10 @@ def plot_history(history: dict, path, title: str | None = None) -> Path:
     """Draw per-epoch curves from a training history and save them as a PNG at ``path``.
 
     ``history`` maps names to per-epoch lists as :func:`tinyfn.train.train_epochs` returns
-    (``"epoch"``, ``"train_loss"``, ``"val_loss"``, ``"train_accuracy"``, ``"val_accuracy"``,
-    and optionally ``"learning_rate"``). One panel per quantity (loss, accuracy, learning
-    rate), train and validation in the same panel. Returns the path written.
+    (``"epoch"``, ``"train_loss"``, ``"val_loss"``, and when present ``"train_accuracy"``,
+    ``"val_accuracy"`` and ``"learning_rate"``). One panel per quantity present (loss,
+    accuracy, learning rate; a regression has no accuracy), train and validation in the same
+    panel. Returns the path written.
     """
     epochs = history.get("epoch") or list(range(1, 1 + len(next(iter(history.values())))))
     quantities = [
