@@ -4,15 +4,17 @@ The public API in one place; every submodule can also be imported on its own:
 ``tree`` (pytrees), ``random`` (explicit keys), ``ops`` (primitives), ``layers``,
 ``conv`` (convolutional layers), ``losses``, ``optim``, ``train``, ``datasets``,
 ``checkpoint``, ``viz``, ``testing``, ``kernels`` (the Numba kernels), ``staging`` (static
-graphs, used through ``value_and_grad(..., static_graph=True)``).
+graphs, used through ``value_and_grad(..., static_graph=True)``), ``transforms`` (``jvp``,
+``hvp``, ``jacobian``, ``hessian``, built on ``vjp`` and ``grad``).
 
 Importing tinyfn imports :mod:`tinyfn.kernels`, which asks glibc's malloc to keep freed
 memory for reuse (see :mod:`tinyfn.kernels.memory`; ``TINYFN_KEEP_FREED_MEMORY=0`` opts out).
 """
 
-from . import checkpoint, conv, datasets, initializers, kernels, layers, losses, ops, optim, random, train, tree
+from . import checkpoint, conv, datasets, initializers, kernels, layers, losses, ops, optim, random, train, transforms, tree
 from .autodiff import Node, Primitive, grad, value_and_grad, vjp
 from .graph import Graph, graph
+from .transforms import hessian, hvp, jacobian, jvp, linearize
 
 __version__ = "0.1.0"
 
@@ -22,6 +24,11 @@ __all__ = [
     "grad",
     "value_and_grad",
     "vjp",
+    "jvp",
+    "linearize",
+    "hvp",
+    "jacobian",
+    "hessian",
     "graph",
     "Graph",
     "checkpoint",
@@ -35,5 +42,6 @@ __all__ = [
     "optim",
     "random",
     "train",
+    "transforms",
     "tree",
 ]
