@@ -119,3 +119,11 @@ def test_mnist_folder_loader(tmp_path):
     assert x_train.shape == (5, 1, 28, 28) and x_test.shape == (3, 1, 28, 28)
     assert x_train.dtype == np.float32 and 0 <= x_train.min() and x_train.max() <= 1
     assert y_train.dtype == np.int64 and len(y_test) == 3
+
+
+def test_unshuffled_batches_need_no_key_and_shuffled_ones_say_they_do():
+    x, y = np.arange(10.0).reshape(5, 2), np.arange(5)
+    order = [yb.tolist() for _, yb in datasets.batches(None, x, y, 2, shuffle=False)]
+    assert order == [[0, 1], [2, 3], [4]]
+    with pytest.raises(TypeError, match="shuffle=True needs a PRNG key"):
+        datasets.batches(None, x, y, 2)

@@ -161,7 +161,9 @@ class Batches:
 
     def __init__(self, key, x, y, batch_size: int, shuffle: bool = True, drop_last: bool = False):
         self.x, self.y = _samples("batches", x, y)
-        self.key = _check_key(key)
+        if key is None and shuffle:
+            raise TypeError("batches: shuffle=True needs a PRNG key (tinyfn.random.key(...)), found None")
+        self.key = None if key is None else _check_key(key)  # no key needed to keep the order
         self.batch_size = _check_int("batches: batch_size", batch_size, 1)
         self.shuffle, self.drop_last = shuffle, drop_last
 
@@ -192,7 +194,8 @@ class Batches:
 
 
 def batches(key, x, y, batch_size: int, shuffle: bool = True, drop_last: bool = False) -> Batches:
-    """Mini-batches of ``(x, y)`` along axis 0, shuffled per epoch from ``key`` (see :class:`Batches`).
+    """Mini-batches of ``(x, y)`` along axis 0, shuffled per epoch from ``key`` (see :class:`Batches`;
+    ``key`` may be None when ``shuffle`` is False).
 
     The last batch is smaller when ``len(x)`` is not a multiple of ``batch_size``, unless
     ``drop_last`` is True.
