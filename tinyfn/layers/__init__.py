@@ -24,14 +24,18 @@ containing one) carry non-trained state such as running averages, kept functiona
 training helpers use.
 
 One topic a module: :mod:`~tinyfn.layers.base` (the contract and its checks),
-:mod:`~tinyfn.layers.linear` (Dense), :mod:`~tinyfn.layers.activations` and
-:mod:`~tinyfn.layers.combinators`; each fused primitive sits beside its layer.
+:mod:`~tinyfn.layers.linear` (Dense), :mod:`~tinyfn.layers.activations`,
+:mod:`~tinyfn.layers.combinators`, :mod:`~tinyfn.layers.norm` (LayerNorm, RMSNorm) and
+:mod:`~tinyfn.layers.embedding` (token and position embeddings); each fused primitive sits
+beside its layer.
 """
 
 from .activations import GELU, Dropout, Flatten, Identity, LeakyRelu, LogSoftmax, Relu, Sigmoid, Softmax, Softplus, Tanh
 from .base import Layer, ParamError, apply_with_state, checked_input, checked_params, init_with_state
 from .combinators import fan_in_concat, fan_in_sum, fan_out, parallel, residual, serial, summary
+from .embedding import Embedding, PositionalEmbedding, SinusoidalPositionalEncoding, embedding_lookup, sinusoidal_table
 from .linear import Dense, dense
+from .norm import LayerNorm, RMSNorm, layer_norm, rms_norm
 
 __all__ = [
     "Layer",
@@ -60,4 +64,13 @@ __all__ = [
     "fan_in_concat",
     "residual",
     "summary",
+    "layer_norm",
+    "LayerNorm",
+    "rms_norm",
+    "RMSNorm",
+    "embedding_lookup",
+    "Embedding",
+    "PositionalEmbedding",
+    "sinusoidal_table",
+    "SinusoidalPositionalEncoding",
 ]
