@@ -1,4 +1,6 @@
-"""Gradient checks of the convolution, pooling and batch-norm primitives, and their layers."""
+"""The convolution, pooling and batch-norm primitives and their layers: gradient checks to the second
+order, semantics, errors for bad arguments and for params that do not fit, empty batches,
+BatchNorm under a static graph, PyTorch references and the CNN examples."""
 
 import gzip
 import importlib.util
@@ -28,15 +30,17 @@ def distinct(seed, shape):
 
 
 # ----------------------------------------------------------------------------- gradient checks
+# check_grads(..., order=2) checks the VJP against finite differences of the function, then the
+# derivatives of the VJP against finite differences of the VJP: every rule must be differentiable.
 
 
-@covers("conv2d")
+@covers("conv2d", order=2)
 @given(conv_configs(), st.booleans(), st.sampled_from([None, "relu"]))
 def test_conv2d_gradients(cfg, with_bias, activation):
     x, w = normal(0, cfg["x_shape"]), normal(1, cfg["w_shape"])
     b = normal(2, cfg["w_shape"][:1]) if with_bias else None
     settings = cfg["stride"], cfg["padding"], cfg["dilation"], cfg["groups"], activation
-    check_grads(lambda x, w, b: conv.conv2d(x, w, b, *settings), (x, w, b))
+    check_grads(lambda x, w, b: conv.conv2d(x, w, b, *settings), (x, w, b), order=2)
 
 
 def test_conv2d_relu_activation_is_relu_of_conv2d():
@@ -45,41 +49,43 @@ def test_conv2d_relu_activation_is_relu_of_conv2d():
     np.testing.assert_allclose(conv.conv2d(x, w, activation="relu"), np.maximum(conv.conv2d(x, w), 0), rtol=1e-6)
 
 
-@covers("conv_transpose2d")
+@covers("conv_transpose2d", order=2)
 @given(conv_configs(), st.integers(0, 2))
 def test_conv_transpose2d_gradients(cfg, extra):
     stride, padding, dilation, groups = cfg["stride"], cfg["padding"], cfg["dilation"], cfg["groups"]
     # the transposed op maps the convolution's output back to (about) the size of its input
     x = normal(0, conv.conv2d_output_shape(cfg["x_shape"], cfg["w_shape"], stride, padding, dilation, groups))
-    output_padding = tuple(extra % max(s, d) for s, d in zip(stride, dilation))
+    output_padding = tuple(extra % max(s, d) for s, d in zip(stride, dilation))  # >= stride when the dilation allows
     sizes = [kernels.transposed_output_size(x.shape[2 + a], cfg["w_shape"][2 + a], stride[a], padding[a], dilation[a], output_padding[a]) for a in range(2)]
     assume(min(sizes) >= 1)
     weight, b = normal(1, cfg["w_shape"]), normal(2, cfg["x_shape"][1:2])
-    check_grads(lambda x, weight, b: conv.conv_transpose2d(x, weight, b, stride, padding, output_padding, dilation, groups), (x, weight, b))
+    check_grads(lambda x, weight, b: conv.conv_transpose2d(x, weight, b, stride, padding, output_padding, dilation, groups), (x, weight, b), order=2)
 
 
-@covers("max_pool2d")
+@covers("max_pool2d", order=2)
 @given(pool_configs())
 def test_max_pool2d_gradients(cfg):
-    check_grads(lambda x: conv.max_pool2d(x, cfg["window"], cfg["stride"], cfg["padding"]), (distinct(0, cfg["x_shape"]),))
+    check_grads(lambda x: conv.max_pool2d(x, cfg["window"], cfg["stride"], cfg["padding"]), (distinct(0, cfg["x_shape"]),), order=2)
 
 
-@covers("avg_pool2d")
+@covers("avg_pool2d", order=2)
 @given(pool_configs())
 def test_avg_pool2d_gradients(cfg):
-    check_grads(lambda x: conv.avg_pool2d(x, cfg["window"], cfg["stride"], cfg["padding"]), (normal(0, cfg["x_shape"]),))
+    check_grads(lambda x: conv.avg_pool2d(x, cfg["window"], cfg["stride"], cfg["padding"]), (normal(0, cfg["x_shape"]),), order=2)
 
 
-@covers("global_avg_pool2d")
-def test_global_avg_pool2d_gradients():
-    check_grads(conv.global_avg_pool2d, (normal(0, (2, 3, 4, 5)),))
+@covers("global_avg_pool2d", order=2)
+@given(st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 4), st.integers(1, 4)))
+def test_global_avg_pool2d_gradients(shape):
+    check_grads(conv.global_avg_pool2d, (normal(0, shape),), order=2)
 
 
-@covers("batch_norm")
-@given(st.sampled_from([(5, 3), (4, 2, 3, 3), (3, 4, 2)]), st.sampled_from([1, -1]))
-def test_batch_norm_gradients(shape, axis):
+@covers("batch_norm", order=2)
+@given(st.sampled_from([(5, 3), (4, 2, 3, 3), (3, 4, 2)]), st.sampled_from([1, -1]), st.integers(0, 2**16))
+def test_batch_norm_gradients(shape, axis, seed):
     c = shape[axis]
-    check_grads(lambda x, g, b: conv.batch_norm(x, g, b, axis), (normal(0, shape), normal(1, (c,)), normal(2, (c,))))
+    args = normal(seed, shape), normal(seed + 1, (c,)), normal(seed + 2, (c,))
+    check_grads(lambda x, g, b: conv.batch_norm(x, g, b, axis), args, order=2)
 
 
 def test_vjps_keep_the_dtype_of_float32_inputs():
@@ -262,6 +268,110 @@ def test_a_small_cnn_learns():
         params = sgd_step(params, grads, 0.1)
     assert loss < 0.3 * first
     assert losses.accuracy(model.apply(params, x), labels) == 1.0
+
+
+# ----------------------------------------------------------------------------- params that do not fit, empty batches
+
+
+@pytest.mark.parametrize(
+    "layer, input_shape, change, path, message",
+    [
+        (conv.Conv2D(4, 3), (2, 2, 5, 5), lambda p: {"b": p["b"]}, "w", r"missing: Conv2D\(4, kernel_size=\(3, 3\)\) expected a parameter of shape \(4, \?, 3, 3\)"),
+        (conv.Conv2D(4, 3), (2, 2, 5, 5), lambda p: {**p, "w": p["w"].transpose(2, 3, 1, 0)}, "w", r"expected shape \(4, \?, 3, 3\), found \(3, 3, 2, 4\)"),
+        (conv.Conv2D(4, 3), (2, 2, 5, 5), lambda p: {**p, "scale": p["b"]}, "scale", "has no parameter 'scale'"),
+        (conv.Conv2D(4, 3, use_bias=False), (2, 2, 5, 5), lambda p: {**p, "b": np.zeros(4)}, "b", "has no parameter 'b'"),
+        (conv.ConvTranspose2D(5, 2, stride=2), (2, 3, 4, 4), lambda p: {**p, "w": p["w"].transpose(1, 0, 2, 3)}, "w", r"expected shape \(\?, 5, 2, 2\), found \(5, 3, 2, 2\)"),
+        (conv.ConvTranspose2D(5, 2, stride=2), (2, 3, 4, 4), lambda p: {**p, "b": np.zeros(4)}, "b", r"expected shape \(5,\), found \(4,\)"),
+        (conv.MaxPool2D(2), (2, 3, 4, 4), lambda p: {"w": np.zeros(3)}, "w", "has no parameter 'w'"),
+        (conv.GlobalAvgPool2D(), (2, 3, 4, 4), lambda p: {"b": np.zeros(3)}, "b", "has no parameter 'b'"),
+        (layers.serial(conv.Conv2D(4, 3), conv.AvgPool2D(2)), (2, 2, 6, 6), lambda p: {}, "conv2d_0/w", "missing"),
+    ],
+)
+def test_params_that_do_not_fit_raise_param_errors_with_path_and_shapes(layer, input_shape, change, path, message):
+    _, params = layer.init(random.key(0), (-1,) + input_shape[1:])
+    with pytest.raises(layers.ParamError, match=message) as error:
+        layer.apply(change(params), np.zeros(input_shape, np.float32))
+    assert error.value.path == path
+
+
+@pytest.mark.parametrize(
+    "change_params, change_state, path, message",
+    [
+        (lambda p: {"gamma": p["gamma"]}, lambda s: s, "batch_norm_1/beta", r"missing: .* expected a parameter of shape \(3,\)"),
+        (lambda p: {**p, "gamma": np.ones(4)}, lambda s: s, "batch_norm_1/gamma", r"expected shape \(3,\), found \(4,\)"),
+        (lambda p: p, lambda s: {"mean": s["mean"]}, "batch_norm_1/var", "missing"),
+        (lambda p: p, lambda s: {**s, "mean": np.zeros((3, 1))}, "batch_norm_1/mean", r"expected shape \(3,\), found \(3, 1\)"),
+    ],
+)
+def test_batch_norm_params_and_state_that_do_not_fit_raise_param_errors(change_params, change_state, path, message):
+    model = layers.serial(layers.Dense(3), conv.BatchNorm())
+    _, params, state = model.init(random.key(0), (-1, 2))
+    params = {**params, "batch_norm_1": change_params(params["batch_norm_1"])}
+    state = {"batch_norm_1": change_state(state["batch_norm_1"])}
+    for train in (False, True):
+        with pytest.raises(layers.ParamError, match=message) as error:
+            model.apply(params, np.ones((4, 2), np.float32), state=state, train=train)
+        assert error.value.path == path
+
+
+@pytest.mark.parametrize(
+    "layer, input_shape",
+    [
+        (conv.Conv2D(4, 3, padding=1, activation="relu"), (2, 5, 5)),
+        (conv.Conv2D(4, (2, 3), stride=2, groups=2), (2, 6, 7)),
+        (conv.ConvTranspose2D(3, 2, stride=2), (2, 4, 4)),
+        (conv.MaxPool2D(3, stride=2, padding=1), (2, 5, 5)),
+        (conv.AvgPool2D(2), (2, 5, 5)),
+        (conv.GlobalAvgPool2D(), (2, 5, 5)),
+    ],
+    ids=lambda p: getattr(p, "name", None),
+)
+def test_layers_map_an_empty_batch_to_an_empty_output_with_zero_gradients(layer, input_shape):
+    out_shape, params = layer.init(random.key(0), (-1,) + input_shape)
+    x = np.zeros((0,) + input_shape, np.float32)
+    assert layer.apply(params, x).shape == (0,) + out_shape[1:]
+    param_grads, x_grad = tinyfn.grad(lambda p, x: tinyfn.ops.sum(layer.apply(p, x)), argnums=(0, 1))(params, x)
+    assert x_grad.shape == x.shape
+    for g, p in zip(tinyfn.tree.leaves(param_grads), tinyfn.tree.leaves(params)):
+        np.testing.assert_array_equal(g, np.zeros_like(p))
+
+
+def test_batch_norm_on_an_empty_batch():
+    layer = conv.BatchNorm()
+    _, params, state = layer.init(random.key(0), (-1, 3, 4, 4))
+    x = np.zeros((0, 3, 4, 4), np.float32)
+    y, same_state = layer.apply(params, x, state=state)
+    assert y.shape == x.shape and same_state is state
+    with pytest.raises(ValueError, match=r"statistics of an empty batch are undefined \(input shape \(0, 3, 4, 4\)\)"):
+        layer.apply(params, x, state=state, train=True)
+
+
+def test_batch_norm_running_averages_under_a_static_graph_are_those_of_the_eager_path():
+    """The running averages are traced like the output, so a replay updates them from each batch
+    (a replay of averages computed outside primitives would add the first batch's forever)."""
+    model = layers.serial(conv.Conv2D(4, 3, padding=1), conv.BatchNorm(), layers.Relu(), conv.GlobalAvgPool2D(), layers.Dense(3))
+    _, params, initial_state = model.init(random.key(0), (-1, 2, 6, 6))
+    batches = [(normal(seed, (8, 2, 6, 6), np.float32) * (seed + 1), np.arange(8) % 3) for seed in range(3)]
+
+    def loss(params, state, x, labels):
+        logits, new_state = model.apply(params, x, state=state, train=True)
+        return losses.softmax_cross_entropy(logits, labels), new_state
+
+    def states_after_each_batch(static_graph):
+        loss_and_grad = tinyfn.value_and_grad(loss, has_aux=True, static_graph=static_graph)
+        state, states = initial_state, []
+        for x, labels in batches:
+            (_, state), _ = loss_and_grad(params, state, x, labels)
+            states.append(state)
+        return states
+
+    eager, static = states_after_each_batch(False), states_after_each_batch(True)
+    for eager_state, static_state in zip(eager, static):
+        for e, s in zip(tinyfn.tree.leaves(eager_state), tinyfn.tree.leaves(static_state)):
+            np.testing.assert_array_equal(s, e)
+    features = conv.conv2d(batches[2][0], params["conv2d_0"]["w"], params["conv2d_0"]["b"], padding=1)
+    expected = 0.9 * eager[1]["batch_norm_1"]["mean"] + 0.1 * features.mean(axis=(0, 2, 3))
+    np.testing.assert_allclose(static[2]["batch_norm_1"]["mean"], expected, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- against PyTorch

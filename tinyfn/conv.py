@@ -1,22 +1,25 @@
 """Convolutional networks: differentiable conv, pooling and batch-norm primitives, and their layers.
 
 Images are NCHW: ``(batch, channels, height, width)``. Each operation is a
-:class:`~tinyfn.autodiff.Primitive` whose forward pass and hand-written VJP call the Numba
-kernels in :mod:`tinyfn.kernels`:
+:class:`~tinyfn.autodiff.Primitive` whose forward pass runs the Numba kernels in
+:mod:`tinyfn.kernels` and whose hand-written VJP calls primitives again, so every operation
+here can be differentiated to any order:
 
 =====================  ===================================  ==========================================
 function               shapes                               VJP
 =====================  ===================================  ==========================================
-``conv2d``             x (N,C,H,W), w (OC,C/G,KH,KW), b     col2im(w.T @ g); g @ cols.T; sum of g
-``conv_transpose2d``   x (N,C,H,W), w (C,OC/G,KH,KW), b     conv2d of g; the same products swapped
-``max_pool2d``         x (N,C,H,W)                          g to each window's winner
+``conv2d``             x (N,C,H,W), w (OC,C/G,KH,KW), b     conv_transpose2d of g; correlation of x
+                                                            with g; sum of g
+``conv_transpose2d``   x (N,C,H,W), w (C,OC/G,KH,KW), b     conv2d of g; correlation of g with x;
+                                                            sum of g
+``max_pool2d``         x (N,C,H,W)                          g scattered to each window's winner
 ``avg_pool2d``         x (N,C,H,W)                          g shared over each window
 ``global_avg_pool2d``  x (N,C,H,W) -> (N,C)                 g / (H*W) everywhere
-``batch_norm``         x (N,C,...) or (N,C), gamma, beta    the fused batch-statistics formula
+``batch_norm``         x (N,C,...) or (N,C), gamma, beta    the batch-statistics formula, in ops
 =====================  ===================================  ==========================================
 
 ``conv2d(..., activation="relu")`` (and ``Conv2D(..., activation="relu")``) fuses the bias
-and a ReLU into the convolution's last pass, and their VJP into one pass over the cotangent.
+and a ReLU into the convolution's last pass.
 
 Arguments that come in pairs (``kernel_size``, ``stride``, ``padding``, ``dilation``,
 ``window``) take an int (the same for rows and columns) or a ``(rows, cols)`` pair.
@@ -32,8 +35,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import initializers, kernels, ops, tree
-from .autodiff import Node, Primitive
-from .layers import Layer
+from .autodiff import Primitive, is_traced, primal_value
+from .layers import Layer, checked_input, checked_params
 
 __all__ = [
     "conv_padding",
@@ -53,10 +56,6 @@ __all__ = [
     "GlobalAvgPool2D",
     "BatchNorm",
 ]
-
-
-def _value(x):
-    return x.value if type(x) is Node else x
 
 
 def _pair(value, name: str, minimum: int = 1) -> tuple[int, int]:
@@ -130,45 +129,160 @@ def conv2d_output_shape(input_shape, w_shape, stride=1, padding=0, dilation=1, g
     return (n, oc) + out
 
 
-# ----------------------------------------------------------------------------- convolution
-
-
 def _promote(*arrays):
     """The arrays (None passes through) converted to their common float dtype."""
     dtype = np.result_type(*[a for a in arrays if a is not None], np.float32)
     return [None if a is None else np.asarray(a, dtype=dtype) for a in arrays]
 
 
-def _cast_like(cotangent, primal):
-    """Cotangents have the dtype of their primal (numpy promotion may have widened them)."""
-    return cotangent.astype(np.result_type(primal), copy=False)
+# ----------------------------------------------------------------------------- convolution
+# Three primitives, each linear in each of its arguments, whose VJPs are one another. With
+# ``corr(x, g)`` the correlation of a convolution's input with its output's cotangent (the
+# gradient with respect to the weight, ``_conv2d_weight_grad``):
+#
+#   y  = conv2d(x, w) + b            dx = conv_transpose2d(g, w)    dw = corr(x, g)   db = sum of g
+#   y  = conv_transpose2d(x, w) + b  dx = conv2d(g, w)              dw = corr(g, x)   db = sum of g
+#   dw = corr(x, g)                  dx = conv_transpose2d(g, ct)   dg = conv2d(x, ct)
+#
+# So every derivative of a convolution, of any order, is a convolution again. All three take
+# the same geometry keywords: ``stride``, ``padding``, ``dilation`` (checked pairs) and ``groups``.
+#
+# The functions below run the kernels on plain arrays. An empty batch gets zeros without them
+# (the kernels reshape by the batch size, which numpy cannot do for a batch of 0), and the
+# fused first-order VJPs leave an empty batch to these functions.
 
 
-def _conv2d_forward(x, w, b, *, stride, padding, dilation, groups, relu):
-    xc, wc, bc = _promote(x, w, b)
-    y, cols = kernels.conv2d(xc, wc, None if relu else bc, stride, padding, dilation, groups)
+def _convolve(x, w, b, *, relu, stride, padding, dilation, groups):
+    """``conv2d`` on plain arrays: ``(y, cols)``, with ``cols`` the im2col matrix of ``x``
+    (None for an empty batch), which the weight's VJP can reuse."""
+    x, w, b = _promote(x, w, b)
+    if len(x) == 0:
+        return np.zeros(conv2d_output_shape(x.shape, w.shape, stride, padding, dilation, groups), x.dtype), None
+    y, cols = kernels.conv2d(x, w, None if relu else b, stride, padding, dilation, groups)
     if relu:
-        kernels.bias_relu_(y, np.zeros(y.shape[1], y.dtype) if bc is None else bc)
-    return y, (x, w, b, cols, y if relu else None, (stride, padding, dilation, groups))
+        kernels.bias_relu_(y, np.zeros(y.shape[1], y.dtype) if b is None else b)
+    return y, cols
+
+
+def _transposed_convolve(x, w, b, *, output_shape, stride, padding, dilation, groups):
+    """``conv_transpose2d`` on plain arrays: the adjoint of the convolution by ``w``, plus ``b``."""
+    x, w, b = _promote(x, w, b)
+    if len(x) == 0:
+        return np.zeros(output_shape, x.dtype)
+    y = kernels.conv2d_input_vjp(x, w, output_shape, stride, padding, dilation, groups)
+    if b is not None:
+        y += b.reshape(-1, 1, 1)
+    return y
+
+
+def _correlate(x, g, *, w_shape, stride, padding, dilation, groups, cols=None):
+    """``corr(x, g)`` on plain arrays: the cotangent of the weight ``w_shape`` of a convolution
+    of ``x`` whose output has cotangent ``g`` (summed over the batch). ``cols``: the im2col
+    matrix of ``x``, when the convolution's forward pass kept it."""
+    if cols is None:
+        x, g = _promote(x, g)
+        if len(x) == 0:
+            return np.zeros(w_shape, g.dtype)
+        cols = kernels.im2col(x, w_shape[2:], stride, padding, dilation, g.shape[2:])
+    return kernels.conv2d_weight_vjp(g, cols, w_shape, groups)
+
+
+def _geometry(params: dict) -> dict:
+    """The geometry keywords among a convolution primitive's params."""
+    return {name: params[name] for name in ("stride", "padding", "dilation", "groups")}
+
+
+def _conv2d_cropped(x, w, size, geometry):
+    """``conv2d(x, w)`` (no bias) cut to its first ``size = (rows, cols)`` output pixels.
+
+    A transposed convolution with ``output_padding >= stride`` (allowed when the dilation is
+    larger) has rows at its end that no input pixel reaches: convolving its cotangent gives
+    rows for them too, which belong to no input and are dropped.
+    """
+    y = _conv2d(x, w, None, relu=False, **geometry)
+    if np.shape(y)[2:] != tuple(size):
+        y = ops.getitem(y, (slice(None), slice(None), slice(0, size[0]), slice(0, size[1])))
+    return y
+
+
+def _conv2d_forward(x, w, b, *, relu, **geometry):
+    if any(is_traced(a) for a in (x, w, b)):  # an outer level differentiates it too, and records it
+        y, cols = _conv2d(x, w, b, relu=relu, **geometry), None
+    else:
+        y, cols = _convolve(x, w, b, relu=relu, **geometry)
+    return y, (x, w, y if relu else None, cols, geometry)
 
 
 def _conv2d_vjp(g, res, needs):
-    x, w, b, cols, relu_out, (stride, padding, dilation, groups) = res
-    g = g.astype(cols.dtype, copy=False)  # a float64 cotangent would compile a second kernel
-    if relu_out is not None:
-        g, db = kernels.bias_relu_vjp(g, relu_out)
-    elif needs[2]:
-        db = g.sum(axis=(0, 2, 3))
-    dx = dw = None
-    if needs[0]:
-        wc = np.asarray(w, dtype=cols.dtype)
-        dx = _cast_like(kernels.conv2d_input_vjp(g, wc, np.shape(x), stride, padding, dilation, groups), x)
-    if needs[1]:
-        dw = _cast_like(kernels.conv2d_weight_vjp(g, cols, np.shape(w), groups), w)
-    return dx, dw, _cast_like(db, b) if needs[2] else None
+    # y = conv2d(x, w) + b, maybe followed by a ReLU, which g goes back through first. Then
+    # dx = conv_transpose2d(g, w) (the adjoint of x -> conv2d(x, w)), dw = corr(x, g) and db = sum of g.
+    x, w, relu_out, cols, geometry = res
+    # Nothing traced above this VJP (a first-order gradient): the fused kernels may run.
+    fused = cols is not None and not is_traced(g)
+    db = None
+    if relu_out is not None and fused:
+        g, db = kernels.bias_relu_vjp(g, relu_out)  # the ReLU's VJP and the bias's sum in one pass
+    elif relu_out is not None:
+        g = ops.relu_backward(g, relu_out)
+    if needs[2] and db is None:
+        db = ops.sum(g, axis=(0, 2, 3))
+    dw = None
+    if needs[1] and fused:
+        dw = _correlate(x, g, w_shape=np.shape(w), cols=cols, **geometry)  # reuses the forward's im2col of x
+    elif needs[1]:
+        dw = _conv2d_weight_grad(x, g, w_shape=np.shape(w), **geometry)
+    dx = _conv_transpose2d(g, w, None, output_shape=np.shape(x), **geometry) if needs[0] else None
+    return dx, dw, db if needs[2] else None
 
 
-_conv2d = Primitive("conv2d", _conv2d_forward, _conv2d_vjp)
+_conv2d = Primitive("conv2d", _conv2d_forward, _conv2d_vjp, impl=lambda *args, **params: _convolve(*args, **params)[0])
+
+
+def _conv_transpose2d_vjp(g, res, needs):
+    # y = conv_transpose2d(x, w) + b is the adjoint of u -> conv2d(u, w), so
+    # <g, y> = <conv2d(g, w), x> + <sum of g, b>: the roles of input and cotangent exchanged.
+    x, w, geometry = res
+    if needs[0] and needs[1] and len(g) and not any(is_traced(a) for a in (g, x, w)):
+        dx, dw = _transposed_convolution_vjps(g, x, w, geometry)  # first order: the fused kernels
+    else:
+        dx = _conv2d_cropped(g, w, np.shape(x)[2:], geometry) if needs[0] else None
+        dw = _conv2d_weight_grad(g, x, w_shape=np.shape(w), **geometry) if needs[1] else None
+    return dx, dw, ops.sum(g, axis=(0, 2, 3)) if needs[2] else None
+
+
+def _transposed_convolution_vjps(g, x, w, geometry):
+    """``(conv2d(g, w), corr(g, x))`` on plain arrays, from one im2col of ``g`` (over x's size)."""
+    g, x, w = _promote(g, x, w)
+    cols = kernels.im2col(g, w.shape[2:], geometry["stride"], geometry["padding"], geometry["dilation"], x.shape[2:])
+    dx = kernels.conv2d_from_cols(cols, w, None, geometry["groups"], x.shape[2:])
+    return dx, _correlate(g, x, w_shape=w.shape, cols=cols, **geometry)
+
+
+_conv_transpose2d = Primitive(
+    "conv_transpose2d",
+    lambda x, w, b, **params: (_conv_transpose2d(x, w, b, **params), (x, w, _geometry(params))),
+    _conv_transpose2d_vjp,
+    impl=_transposed_convolve,
+)
+
+
+def _conv2d_weight_grad_vjp(ct, res, needs):
+    # corr(x, g) is bilinear: <ct, corr(x, g)> = <conv2d(x, ct), g> = <x, conv_transpose2d(g, ct)>.
+    x, g, geometry = res
+    return (
+        _conv_transpose2d(g, ct, None, output_shape=np.shape(x), **geometry) if needs[0] else None,
+        _conv2d_cropped(x, ct, np.shape(g)[2:], geometry) if needs[1] else None,
+    )
+
+
+_conv2d_weight_grad = Primitive(
+    "conv2d_weight_grad",
+    lambda x, g, **params: (_conv2d_weight_grad(x, g, **params), (x, g, _geometry(params))),
+    _conv2d_weight_grad_vjp,
+    impl=_correlate,
+)
+"""``_conv2d_weight_grad(x, g, w_shape=, stride=, padding=, dilation=, groups=)``: the
+cotangent of the weight ``w_shape`` of ``conv2d(x, w)`` whose output has cotangent ``g``."""
 
 
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, activation=None):
@@ -182,48 +296,19 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, activation=N
       padding: int, ``(rows, cols)``, ``"same"`` or ``"valid"`` (see :func:`conv_padding`).
       groups: split the channels into ``groups`` independent convolutions.
       activation: None, or ``"relu"`` for ``relu(conv2d(x, w, b))`` with the bias and the ReLU
-        fused into one pass over the output (and one over its cotangent): the same numbers
-        as ``ops.relu(conv2d(...))``, faster.
+        fused into one pass over the output: the same numbers as ``ops.relu(conv2d(...))``, faster.
 
     Returns ``(N, OC, OH, OW)`` with ``OH = (H + 2*ph - dh*(KH - 1) - 1) // sh + 1`` (same for W).
     """
     if activation not in (None, "relu"):
         raise ValueError(f"conv2d: activation must be None or 'relu', found {activation!r}")
     stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
-    w_shape = np.shape(_value(w))
+    w_shape = np.shape(w)
     padding = conv_padding(padding, w_shape[2:4], dilation)
-    conv2d_output_shape(np.shape(_value(x)), w_shape, stride, padding, dilation, groups)
-    if b is not None and np.shape(_value(b)) != w_shape[:1]:
-        raise ValueError(f"conv2d: expected a bias of shape {w_shape[:1]}, found {np.shape(_value(b))}")
+    conv2d_output_shape(np.shape(x), w_shape, stride, padding, dilation, groups)
+    if b is not None and np.shape(b) != w_shape[:1]:
+        raise ValueError(f"conv2d: expected a bias of shape {w_shape[:1]}, found {np.shape(b)}")
     return _conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups, relu=activation == "relu")
-
-
-def _conv_transpose2d_forward(x, w, b, *, stride, padding, dilation, groups, output_shape):
-    xc, wc, bc = _promote(x, w, b)
-    y = kernels.conv2d_input_vjp(xc, wc, output_shape, stride, padding, dilation, groups)
-    if bc is not None:
-        y += bc.reshape(-1, 1, 1)
-    return y, (x, w, b, (stride, padding, dilation, groups))
-
-
-def _conv_transpose2d_vjp(g, res, needs):
-    x, w, b, (stride, padding, dilation, groups) = res
-    xc, wc, _ = _promote(x, w, b)
-    g = g.astype(xc.dtype, copy=False)
-    dx = dw = db = None
-    # The VJPs of the transposed convolution are the convolution's forward pass and weight VJP
-    # with the roles of input and output exchanged: both need im2col of g, over x's image size.
-    cols = kernels.im2col(g, wc.shape[2:], stride, padding, dilation, xc.shape[2:]) if needs[0] or needs[1] else None
-    if needs[0]:
-        dx = _cast_like(kernels.conv2d_from_cols(cols, wc, None, groups, xc.shape[2:]), x)
-    if needs[1]:
-        dw = _cast_like(kernels.conv2d_weight_vjp(xc, cols, wc.shape, groups), w)
-    if needs[2]:
-        db = _cast_like(g.sum(axis=(0, 2, 3)), b)
-    return dx, dw, db
-
-
-_conv_transpose2d = Primitive("conv_transpose2d", _conv_transpose2d_forward, _conv_transpose2d_vjp)
 
 
 def conv_transpose2d_output_shape(input_shape, w_shape, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
@@ -268,11 +353,9 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilati
 
     Returns ``(N, OC, OH, OW)`` with ``OH = (H - 1)*sh - 2*ph + dh*(KH - 1) + oph + 1``.
     """
-    w_shape = np.shape(_value(w))
-    x_shape = np.shape(_value(x))
-    out_shape = conv_transpose2d_output_shape(x_shape, w_shape, stride, padding, output_padding, dilation, groups)
-    if b is not None and np.shape(_value(b)) != out_shape[1:2]:
-        raise ValueError(f"conv_transpose2d: expected a bias of shape {out_shape[1:2]}, found {np.shape(_value(b))}")
+    out_shape = conv_transpose2d_output_shape(np.shape(x), np.shape(w), stride, padding, output_padding, dilation, groups)
+    if b is not None and np.shape(b) != out_shape[1:2]:
+        raise ValueError(f"conv_transpose2d: expected a bias of shape {out_shape[1:2]}, found {np.shape(b)}")
     return _conv_transpose2d(
         x, w, b,
         stride=_pair(stride, "stride"), padding=_pair(padding, "padding", minimum=0),
@@ -281,6 +364,9 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilati
 
 
 # ----------------------------------------------------------------------------- pooling
+# Each pooling's VJP is a primitive linear in the cotangent, whose own VJP is its transpose:
+# max pooling scatters g to each window's winner, and a scatter's transpose is a gather;
+# average pooling is linear, so its VJP is its transpose, whose transpose is average pooling.
 
 
 def _pool_config(name, input_shape, window, stride, padding):
@@ -298,27 +384,60 @@ def _pool_config(name, input_shape, window, stride, padding):
     return (window, stride, padding), out
 
 
+def _max_pool(x, *, window, stride, padding):
+    """Max pooling on plain arrays: ``(y, argmax)`` (see :func:`tinyfn.kernels.max_pool2d`)."""
+    (x,) = _promote(x)
+    return kernels.max_pool2d(x, window, stride, padding)
+
+
 def _max_pool2d_forward(x, *, window, stride, padding):
-    (x,) = _promote(x)
-    y, argmax = kernels.max_pool2d(x, window, stride, padding)
-    return y, (argmax, np.shape(x), padding)
+    y, argmax = _max_pool(primal_value(x), window=window, stride=stride, padding=padding)
+    if is_traced(x):  # an outer level differentiates it too, and records it (running the kernel again)
+        y = _max_pool2d(x, window=window, stride=stride, padding=padding)
+    return y, (argmax, np.shape(x), padding)  # the winners are constant where the gradient exists
 
 
-def _max_pool2d_vjp(g, res, needs):
-    return (kernels.max_pool2d_vjp(g, *res),)
+_max_pool2d = Primitive(
+    "max_pool2d",
+    _max_pool2d_forward,
+    lambda g, res, needs: (_max_pool2d_backward(g, res[0], x_shape=res[1], padding=res[2]),),
+    impl=lambda x, **config: _max_pool(x, **config)[0],
+)
 
 
-def _avg_pool2d_forward(x, *, window, stride, padding):
-    (x,) = _promote(x)
-    return kernels.avg_pool2d(x, window, stride, padding), (np.shape(x), window, stride, padding)
+def _winners(argmax, x_shape, padding) -> tuple:
+    """The index that picks each window's winner out of an array shaped like the pooling's
+    input ``(N, C, H, W)``; ``argmax`` holds flat positions in the padded plane (width W + 2*pw)."""
+    n, c, _, w = x_shape
+    rows, cols = np.divmod(argmax, w + 2 * padding[1])
+    return np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None], rows - padding[0], cols - padding[1]
 
 
-def _avg_pool2d_vjp(g, res, needs):
-    return (kernels.avg_pool2d_vjp(g, *res),)
+_max_pool2d_backward = Primitive(
+    "max_pool2d_backward",
+    lambda g, argmax, **params: (_max_pool2d_backward(g, argmax, **params), (argmax, params["x_shape"], params["padding"])),
+    lambda ct, res, needs: (ops.getitem(ct, _winners(*res)), None),
+    impl=lambda g, argmax, *, x_shape, padding: kernels.max_pool2d_vjp(g, argmax, x_shape, padding),
+    nondiff=(1,),
+)
+"""``_max_pool2d_backward(g, argmax, x_shape=, padding=)``: zeros shaped ``x_shape`` with each
+entry of ``g`` (the pooling's output cotangent) added at its window's winner."""
 
-
-_max_pool2d = Primitive("max_pool2d", _max_pool2d_forward, _max_pool2d_vjp)
-_avg_pool2d = Primitive("avg_pool2d", _avg_pool2d_forward, _avg_pool2d_vjp)
+_avg_pool2d = Primitive(
+    "avg_pool2d",
+    lambda x, **config: (_avg_pool2d(x, **config), (np.shape(x), config)),
+    lambda g, res, needs: (_avg_pool2d_backward(g, x_shape=res[0], **res[1]),),
+    impl=lambda x, *, window, stride, padding: kernels.avg_pool2d(*_promote(x), window, stride, padding),
+)
+_avg_pool2d_backward = Primitive(
+    "avg_pool2d_backward",
+    lambda g, *, x_shape, **config: (_avg_pool2d_backward(g, x_shape=x_shape, **config), config),
+    lambda ct, config, needs: (_avg_pool2d(ct, **config),),
+    impl=lambda g, *, x_shape, window, stride, padding: kernels.avg_pool2d_vjp(g, x_shape, window, stride, padding),
+)
+"""``_avg_pool2d_backward(g, x_shape=, window=, stride=, padding=)``: each entry of ``g`` shared
+equally over its window, in zeros shaped ``x_shape``. Padding counts in every window's size,
+so this is exactly the transpose of average pooling."""
 
 
 def max_pool2d(x, window, stride=None, padding=0):
@@ -327,7 +446,7 @@ def max_pool2d(x, window, stride=None, padding=0):
     ``stride`` defaults to the window. Returns ``(N, C, OH, OW)`` with
     ``OH = (H + 2*ph - KH) // sh + 1``. The gradient goes to the first maximum of each window.
     """
-    (window, stride, padding), _ = _pool_config("max_pool2d", np.shape(_value(x)), window, stride, padding)
+    (window, stride, padding), _ = _pool_config("max_pool2d", np.shape(x), window, stride, padding)
     return _max_pool2d(x, window=window, stride=stride, padding=padding)
 
 
@@ -336,25 +455,33 @@ def avg_pool2d(x, window, stride=None, padding=0):
 
     ``stride`` defaults to the window. Returns ``(N, C, OH, OW)`` as for :func:`max_pool2d`.
     """
-    (window, stride, padding), _ = _pool_config("avg_pool2d", np.shape(_value(x)), window, stride, padding)
+    (window, stride, padding), _ = _pool_config("avg_pool2d", np.shape(x), window, stride, padding)
     return _avg_pool2d(x, window=window, stride=stride, padding=padding)
+
+
+def _global_avg_pool2d_vjp(g, x_shape, needs):
+    n, c, h, w = x_shape
+    return (ops.broadcast_to(ops.reshape(g / (h * w), (n, c, 1, 1)), x_shape),)
 
 
 _global_avg_pool2d = Primitive(
     "global_avg_pool2d",
-    lambda x: (np.mean(x, axis=(2, 3)), np.shape(x)),
-    lambda g, shape, needs: (np.broadcast_to((g / (shape[2] * shape[3]))[:, :, None, None], shape),),
+    lambda x: (_global_avg_pool2d(x), np.shape(x)),
+    _global_avg_pool2d_vjp,
+    impl=lambda x: np.mean(x, axis=(2, 3)),
 )
 
 
 def global_avg_pool2d(x):
     """Mean over the whole image: ``(N, C, H, W) -> (N, C)``."""
-    if np.ndim(_value(x)) != 4:
-        raise ValueError(f"global_avg_pool2d: expected NCHW input (N, C, H, W), found shape {np.shape(_value(x))}")
+    if np.ndim(x) != 4:
+        raise ValueError(f"global_avg_pool2d: expected NCHW input (N, C, H, W), found shape {np.shape(x)}")
     return _global_avg_pool2d(x)
 
 
 # ----------------------------------------------------------------------------- batch normalisation
+# Written in ops from end to end: on plain arrays that is numpy, on traced values every step is
+# recorded, so the batch statistics (and the running averages of BatchNorm) are traced values too.
 
 
 def _feature_shape(ndim: int, axis: int) -> list[int]:
@@ -364,36 +491,56 @@ def _feature_shape(ndim: int, axis: int) -> list[int]:
     return shape
 
 
+def _statistics_axes(where: str, x_shape: tuple, axis: int) -> tuple:
+    """The axes the batch statistics reduce: all but ``axis`` (given in ``[0, ndim)``); a
+    ValueError if they hold no element."""
+    axes = tuple(a for a in range(len(x_shape)) if a != axis)
+    if any(x_shape[a] == 0 for a in axes):
+        raise ValueError(f"{where}: the statistics of an empty batch are undefined (input shape {tuple(x_shape)})")
+    return axes
+
+
+def _centered(x, axes):
+    """``(mean, x - mean, biased variance)`` over ``axes``, the reduced axes kept with size 1."""
+    mean = ops.mean(x, axis=axes, keepdims=True)
+    centered = x - mean
+    return mean, centered, ops.mean(centered * centered, axis=axes, keepdims=True)
+
+
 def batch_moments(x, axis: int = 1):
     """Mean and (biased) variance of ``x`` over every axis but ``axis``: two arrays ``(C,)``.
 
-    Plain numpy on array values (not differentiable); :func:`batch_norm` computes the same.
+    The statistics :func:`batch_norm` normalises with, computed with :mod:`tinyfn.ops`, so
+    traced values give traced moments (BatchNorm's running averages work under a static graph).
     """
-    x = _value(x)
-    axes = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
-    return x.mean(axis=axes), x.var(axis=axes)
+    axis = axis % np.ndim(x)
+    c = np.shape(x)[axis]
+    mean, _, var = _centered(x, _statistics_axes("batch_moments", np.shape(x), axis))
+    return ops.reshape(mean, (c,)), ops.reshape(var, (c,))
 
 
 def _batch_norm_forward(x, gamma, beta, *, axis, eps):
-    axes = tuple(a for a in range(x.ndim) if a != axis)
-    shape = _feature_shape(x.ndim, axis)
-    centered = x - x.mean(axis=axes, keepdims=True)
-    inv_std = 1.0 / np.sqrt(np.mean(centered * centered, axis=axes, keepdims=True) + eps)
+    axes = _statistics_axes("batch_norm", np.shape(x), axis)
+    shape = _feature_shape(np.ndim(x), axis)
+    _, centered, var = _centered(x, axes)
+    inv_std = 1 / ops.sqrt(var + eps)
     x_hat = centered * inv_std
-    y = x_hat * gamma.reshape(shape) + beta.reshape(shape)
-    return y, (x_hat, inv_std, gamma.reshape(shape), axes)
+    gamma = ops.reshape(gamma, shape)
+    return x_hat * gamma + ops.reshape(beta, shape), (x_hat, inv_std, gamma, axes)
 
 
 def _batch_norm_vjp(g, res, needs):
+    # y = gamma * x_hat + beta with x_hat = (x - mean) * inv_std. The mean and the variance
+    # depend on every sample, hence the two batch-wide correction terms in dx.
     x_hat, inv_std, gamma, axes = res
-    g_beta = g.sum(axis=axes, keepdims=True)
-    g_gamma = (g * x_hat).sum(axis=axes, keepdims=True)
+    g_beta = ops.sum(g, axis=axes, keepdims=True)
+    g_gamma = ops.sum(g * x_hat, axis=axes, keepdims=True)
+    c = np.size(gamma)
     dx = None
     if needs[0]:
-        # The mean and variance depend on every sample, hence the two batch-wide correction terms.
-        count = x_hat.size // gamma.size
-        dx = (gamma * inv_std) * (g - (g_beta + x_hat * g_gamma) / count)
-    return dx, g_gamma.reshape(-1) if needs[1] else None, g_beta.reshape(-1) if needs[2] else None
+        count = np.size(x_hat) // c
+        dx = gamma * inv_std * (g - (g_beta + x_hat * g_gamma) / count)
+    return dx, ops.reshape(g_gamma, (c,)) if needs[1] else None, ops.reshape(g_beta, (c,)) if needs[2] else None
 
 
 _batch_norm = Primitive("batch_norm", _batch_norm_forward, _batch_norm_vjp)
@@ -405,14 +552,14 @@ def batch_norm(x, gamma, beta, axis: int = 1, eps: float = 1e-5):
     ``y = gamma * (x - mean) / sqrt(var + eps) + beta``, where ``mean`` and ``var`` (biased)
     are taken over every axis but ``axis``, and ``gamma``, ``beta`` have shape ``(C,)`` with
     ``C = x.shape[axis]``. Works for dense ``(N, C)`` and image ``(N, C, H, W)`` inputs.
-    Returns an array shaped like ``x``. One primitive: a fused forward and a hand-written VJP.
+    Returns an array shaped like ``x``; an empty batch raises ValueError (it has no statistics).
     """
-    x_shape = np.shape(_value(x))
+    x_shape = np.shape(x)
     axis = axis % len(x_shape)
     c = x_shape[axis]
     for name, p in (("gamma", gamma), ("beta", beta)):
-        if np.shape(_value(p)) != (c,):
-            raise ValueError(f"batch_norm: expected {name} of shape ({c},) for input {x_shape} (axis {axis}), found {np.shape(_value(p))}")
+        if np.shape(p) != (c,):
+            raise ValueError(f"batch_norm: expected {name} of shape ({c},) for input {x_shape} (axis {axis}), found {np.shape(p)}")
     return _batch_norm(x, gamma, beta, axis=axis, eps=eps)
 
 
@@ -439,7 +586,8 @@ def Conv2D(
     (N(0, 2 / fan_in) with ``fan_in = C // groups * KH * KW``), suited to ReLU networks;
     biases start at zero. ``activation`` is None or ``"relu"`` (see :func:`conv2d`). An
     impossible configuration (channels not divisible by ``groups``, image smaller than the
-    kernel) raises ValueError at ``init``.
+    kernel) raises ValueError at ``init``; params that do not fit raise
+    :class:`~tinyfn.layers.ParamError` at ``apply``.
     """
     if not (isinstance(out_channels, (int, np.integer)) and out_channels > 0):
         raise ValueError(f"Conv2D: out_channels must be a positive int, found {out_channels!r}")
@@ -450,6 +598,7 @@ def Conv2D(
     padding = conv_padding(padding, kernel, dilation)
     w_init = initializers.he_normal if w_init is None else w_init
     name = f"Conv2D({out_channels}, kernel_size={kernel})"
+    expected = {"w": (out_channels, None) + kernel, "b": (out_channels,) if use_bias else None}
 
     def init(key, input_shape):
         if len(input_shape) != 4:
@@ -464,7 +613,8 @@ def Conv2D(
         return out_shape, _conv_params(key, w_init, w_shape, out_channels if use_bias else 0, dtype)
 
     def apply(params, x, *, key=None, train=False):
-        return conv2d(x, params["w"], params.get("b"), stride, padding, dilation, groups, activation)
+        w, b = checked_params(name, params, expected)
+        return conv2d(checked_input(name, x), w, b, stride, padding, dilation, groups, activation)
 
     return Layer(init, apply, name="conv2d")
 
@@ -478,7 +628,8 @@ def ConvTranspose2D(
     is ``(N, out_channels, (H - 1)*s - 2*p + d*(K - 1) + output_padding + 1, ...)``; for
     example ``kernel_size=2, stride=2`` doubles the size and ``kernel_size=4, stride=2,
     padding=1`` too. ``w_init`` defaults to He-normal on the weight shape (as PyTorch
-    computes fans for this layer); biases start at zero.
+    computes fans for this layer); biases start at zero. Params that do not fit raise
+    :class:`~tinyfn.layers.ParamError` at ``apply``.
     """
     if not (isinstance(out_channels, (int, np.integer)) and out_channels > 0):
         raise ValueError(f"ConvTranspose2D: out_channels must be a positive int, found {out_channels!r}")
@@ -486,6 +637,7 @@ def ConvTranspose2D(
     config = dict(stride=stride, padding=padding, output_padding=output_padding, dilation=dilation, groups=groups)
     w_init = initializers.he_normal if w_init is None else w_init
     name = f"ConvTranspose2D({out_channels}, kernel_size={kernel})"
+    expected = {"w": (None, out_channels // groups) + kernel, "b": (out_channels,) if use_bias else None}
 
     def init(key, input_shape):
         if out_channels % groups:
@@ -500,30 +652,40 @@ def ConvTranspose2D(
         return out_shape, _conv_params(key, w_init, w_shape, out_channels if use_bias else 0, dtype)
 
     def apply(params, x, *, key=None, train=False):
-        return conv_transpose2d(x, params["w"], params.get("b"), **config)
+        w, b = checked_params(name, params, expected)
+        return conv_transpose2d(checked_input(name, x), w, b, **config)
 
     return Layer(init, apply, name="conv_transpose2d")
 
 
-def _pool_layer(name: str, pool, window, stride, padding) -> Layer:
-    def init(key, input_shape):
-        _, out_shape = _pool_config(name, input_shape, window, stride, padding)
-        return out_shape, {}
+def _parameterless(name: str, label: str, init, fn) -> Layer:
+    """A layer without params named ``name`` (``label`` in messages): ``apply`` checks that it
+    got none and an array input, then returns ``fn(x)``."""
 
     def apply(params, x, *, key=None, train=False):
-        return pool(x, window, stride, padding)
+        if params:
+            checked_params(label, params, {})  # raises: this layer has no parameters
+        return fn(checked_input(label, x))
 
     return Layer(init, apply, name=name)
 
 
+def _pool_layer(name: str, label: str, pool, window, stride, padding) -> Layer:
+    def init(key, input_shape):
+        _, out_shape = _pool_config(name, input_shape, window, stride, padding)
+        return out_shape, {}
+
+    return _parameterless(name, label, init, lambda x: pool(x, window, stride, padding))
+
+
 def MaxPool2D(window, stride=None, padding=0) -> Layer:
     """Max pooling over ``window`` (stride defaults to the window; padding at most half of it)."""
-    return _pool_layer("max_pool2d", max_pool2d, window, stride, padding)
+    return _pool_layer("max_pool2d", f"MaxPool2D({window})", max_pool2d, window, stride, padding)
 
 
 def AvgPool2D(window, stride=None, padding=0) -> Layer:
     """Average pooling over ``window`` (stride defaults to the window; padding counts as zeros)."""
-    return _pool_layer("avg_pool2d", avg_pool2d, window, stride, padding)
+    return _pool_layer("avg_pool2d", f"AvgPool2D({window})", avg_pool2d, window, stride, padding)
 
 
 def GlobalAvgPool2D() -> Layer:
@@ -534,10 +696,7 @@ def GlobalAvgPool2D() -> Layer:
             raise ValueError(f"GlobalAvgPool2D: expected NCHW input (N, C, H, W), found shape {_shape_str(input_shape)}")
         return tuple(input_shape[:2]), {}
 
-    def apply(params, x, *, key=None, train=False):
-        return global_avg_pool2d(x)
-
-    return Layer(init, apply, name="global_avg_pool2d")
+    return _parameterless("global_avg_pool2d", "GlobalAvgPool2D()", init, global_avg_pool2d)
 
 
 def BatchNorm(axis: int = 1, momentum: float = 0.9, eps: float = 1e-5, dtype=np.float32) -> Layer:
@@ -552,31 +711,40 @@ def BatchNorm(axis: int = 1, momentum: float = 0.9, eps: float = 1e-5, dtype=np.
     With ``train=True`` it normalises with the batch's mean and (biased) variance
     (:func:`batch_norm`) and returns the running averages updated as
     ``new = momentum * old + (1 - momentum) * batch`` (Keras' convention; PyTorch's
-    ``momentum=0.1`` is this ``momentum=0.9``). With ``train=False`` it normalises with the
-    running averages and returns ``state`` unchanged.
+    ``momentum=0.1`` is this ``momentum=0.9``), in the dtype numpy's promotion gives (the
+    state's, for inputs of its dtype). With ``train=False`` it normalises with the running
+    averages and returns ``state`` unchanged. Both are computed with :mod:`tinyfn.ops`, so the
+    layer works under ``value_and_grad(..., static_graph=True)``: pass the state as an argument
+    and return the new one in ``aux``. Params or state that do not fit the input raise
+    :class:`~tinyfn.layers.ParamError`.
     """
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"BatchNorm: momentum must be in [0, 1], found {momentum}")
+    name = f"BatchNorm(axis={axis})"
+
+    def features(input_shape) -> int:
+        """The number of features C of an input of ``input_shape``."""
+        if len(input_shape) < 2 or not -len(input_shape) <= axis < len(input_shape):
+            raise ValueError(f"{name}: expected an input (N, C, ...) with that axis, found shape {_shape_str(input_shape)}")
+        return input_shape[axis]
 
     def init(key, input_shape):
-        if len(input_shape) < 2 or not -len(input_shape) <= axis < len(input_shape):
-            raise ValueError(f"BatchNorm(axis={axis}): expected an input (N, C, ...) with that axis, found shape {_shape_str(input_shape)}")
-        c = input_shape[axis]
+        c = features(input_shape)
         params = {"gamma": np.ones(c, dtype), "beta": np.zeros(c, dtype)}
         state = {"mean": np.zeros(c, dtype), "var": np.ones(c, dtype)}
         return tuple(input_shape), tree.freeze(params), tree.freeze(state)
 
     def apply(params, x, *, state, key=None, train=False):
+        c = features(checked_input(name, x).shape)
+        where = f"{name} on input {_shape_str(x.shape)}"
+        gamma, beta = checked_params(where, params, {"gamma": (c,), "beta": (c,)})
+        mean, var = checked_params(f"the state of {where}", state, {"mean": (c,), "var": (c,)})
         if train:
-            y = batch_norm(x, params["gamma"], params["beta"], axis, eps)
-            mean, var = batch_moments(x, axis)
-            new_state = {
-                "mean": momentum * state["mean"] + (1 - momentum) * mean.astype(state["mean"].dtype),
-                "var": momentum * state["var"] + (1 - momentum) * var.astype(state["var"].dtype),
-            }
-            return y, tree.freeze(new_state)
-        shape = _feature_shape(np.ndim(_value(x)), axis % np.ndim(_value(x)))
-        scale = ops.reshape(params["gamma"], shape) * np.reshape(1.0 / np.sqrt(state["var"] + eps), shape)
-        return (x - np.reshape(state["mean"], shape)) * scale + ops.reshape(params["beta"], shape), state
+            batch_mean, batch_var = batch_moments(x, axis)
+            new_state = {"mean": momentum * mean + (1 - momentum) * batch_mean, "var": momentum * var + (1 - momentum) * batch_var}
+            return batch_norm(x, gamma, beta, axis, eps), tree.freeze(new_state)
+        shape = _feature_shape(len(x.shape), axis % len(x.shape))
+        scale = ops.reshape(gamma / ops.sqrt(var + eps), shape)
+        return (x - ops.reshape(mean, shape)) * scale + ops.reshape(beta, shape), state
 
     return Layer(init, apply, name="batch_norm", stateful=True)

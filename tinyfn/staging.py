@@ -24,8 +24,12 @@ What a static graph asks of ``f`` (the same as ``jax.jit`` asks):
   as are arrays that ``f`` reads from its closure instead of taking them as arguments.
 * **The outputs are computed by primitives.** A plain array in the output (or in ``aux``)
   raises, since a replay would return the traced call's array. Models whose training-mode
-  apply works outside primitives, such as BatchNorm (running averages) and Dropout (masks
-  drawn from a key), cannot use a static graph; use ``value_and_grad`` without it.
+  apply works outside primitives, such as Dropout (masks drawn from a key), cannot use a
+  static graph; use ``value_and_grad`` without it. (BatchNorm can: its running averages are
+  computed with primitives; pass its state as an argument and return the new one in ``aux``.)
+* **First order only.** A function that differentiates inside (a gradient penalty), or a
+  static graph called inside another differentiation, is refused: a replay would freeze
+  what the inner level reads from values.
 
 Each new signature traces once more and keeps its program (a last, smaller batch adds one).
 """
