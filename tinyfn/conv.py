@@ -147,17 +147,13 @@ def _promote(*arrays):
 # So every derivative of a convolution, of any order, is a convolution again. All three take
 # the same geometry keywords: ``stride``, ``padding``, ``dilation`` (checked pairs) and ``groups``.
 #
-# The functions below run the kernels on plain arrays. An empty batch gets zeros without them
-# (the kernels reshape by the batch size, which numpy cannot do for a batch of 0), and the
-# fused first-order VJPs leave an empty batch to these functions.
+# The functions below run the kernels on plain arrays.
 
 
 def _convolve(x, w, b, *, relu, stride, padding, dilation, groups):
-    """``conv2d`` on plain arrays: ``(y, cols)``, with ``cols`` the im2col matrix of ``x``
-    (None for an empty batch), which the weight's VJP can reuse."""
+    """``conv2d`` on plain arrays: ``(y, cols)``, with ``cols`` the im2col matrix of ``x``,
+    which the weight's VJP can reuse."""
     x, w, b = _promote(x, w, b)
-    if len(x) == 0:
-        return np.zeros(conv2d_output_shape(x.shape, w.shape, stride, padding, dilation, groups), x.dtype), None
     y, cols = kernels.conv2d(x, w, None if relu else b, stride, padding, dilation, groups)
     if relu:
         kernels.bias_relu_(y, np.zeros(y.shape[1], y.dtype) if b is None else b)
@@ -167,8 +163,6 @@ def _convolve(x, w, b, *, relu, stride, padding, dilation, groups):
 def _transposed_convolve(x, w, b, *, output_shape, stride, padding, dilation, groups):
     """``conv_transpose2d`` on plain arrays: the adjoint of the convolution by ``w``, plus ``b``."""
     x, w, b = _promote(x, w, b)
-    if len(x) == 0:
-        return np.zeros(output_shape, x.dtype)
     y = kernels.conv2d_input_vjp(x, w, output_shape, stride, padding, dilation, groups)
     if b is not None:
         y += b.reshape(-1, 1, 1)
@@ -181,8 +175,6 @@ def _correlate(x, g, *, w_shape, stride, padding, dilation, groups, cols=None):
     matrix of ``x``, when the convolution's forward pass kept it."""
     if cols is None:
         x, g = _promote(x, g)
-        if len(x) == 0:
-            return np.zeros(w_shape, g.dtype)
         cols = kernels.im2col(x, w_shape[2:], stride, padding, dilation, g.shape[2:])
     return kernels.conv2d_weight_vjp(g, cols, w_shape, groups)
 
@@ -242,7 +234,7 @@ def _conv_transpose2d_vjp(g, res, needs):
     # y = conv_transpose2d(x, w) + b is the adjoint of u -> conv2d(u, w), so
     # <g, y> = <conv2d(g, w), x> + <sum of g, b>: the roles of input and cotangent exchanged.
     x, w, geometry = res
-    if needs[0] and needs[1] and len(g) and not any(is_traced(a) for a in (g, x, w)):
+    if needs[0] and needs[1] and not any(is_traced(a) for a in (g, x, w)):
         dx, dw = _transposed_convolution_vjps(g, x, w, geometry)  # first order: the fused kernels
     else:
         dx = _conv2d_cropped(g, w, np.shape(x)[2:], geometry) if needs[0] else None

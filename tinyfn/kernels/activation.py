@@ -41,7 +41,7 @@ def _bias_relu_vjp(g, y, dy, db_per_sample):
 
 def bias_relu_(y, b) -> np.ndarray:
     """``y = max(y + b, 0)`` **in place** for ``y`` ``(N, C, ...)`` C-contiguous and ``b`` ``(C,)``; returns ``y``."""
-    flat, b = y.reshape(y.shape[0], y.shape[1], -1), contiguous(b.astype(y.dtype, copy=False))
+    flat, b = y.reshape(y.shape[0], y.shape[1], int(np.prod(y.shape[2:]))), contiguous(b.astype(y.dtype, copy=False))
     over_batch(len(flat), lambda start, stop: _bias_relu(flat[start:stop], b))
     return y
 
@@ -52,9 +52,9 @@ def bias_relu_vjp(g, y):
     Returns ``(dx, db)``: ``dx = g`` where ``y > 0`` and 0 elsewhere (shape of ``y``), and
     ``db = dx`` summed over every axis but 1 (shape ``(C,)``).
     """
-    n, c = y.shape[:2]
+    n, c, size = y.shape[0], y.shape[1], int(np.prod(y.shape[2:]))
     dx = np.empty(y.shape, dtype=y.dtype)
     db = np.empty((n, c), dtype=y.dtype)
-    g, y_flat, dx_flat = contiguous(g.astype(y.dtype, copy=False)).reshape(n, c, -1), y.reshape(n, c, -1), dx.reshape(n, c, -1)
+    g, y_flat, dx_flat = contiguous(g.astype(y.dtype, copy=False)).reshape(n, c, size), y.reshape(n, c, size), dx.reshape(n, c, size)
     over_batch(n, lambda start, stop: _bias_relu_vjp(g[start:stop], y_flat[start:stop], dx_flat[start:stop], db[start:stop]))
     return dx, db.sum(axis=0)

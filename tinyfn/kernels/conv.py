@@ -185,7 +185,7 @@ def _grouped(w, groups: int) -> np.ndarray:
 
 def _by_group(a, groups: int) -> np.ndarray:
     """``(N, R, P)`` as ``(N, G, R/G, P)``: each sample's rows split into the groups' blocks."""
-    return a.reshape(a.shape[0], groups, a.shape[1] // groups, -1)
+    return a.reshape(a.shape[0], groups, a.shape[1] // groups, a.shape[2])
 
 
 def conv2d(x, w, b, stride, padding, dilation, groups):
@@ -216,7 +216,7 @@ def conv2d(x, w, b, stride, padding, dilation, groups):
 def _products_plus_bias(cols, w, b, groups, y) -> None:
     """``y[n] = w @ cols[n] + b`` per group, written into ``y`` ``(N, OC, OH, OW)``."""
     # (1, G, OC/G, K) @ (N, G, K, P) -> (N, G, OC/G, P): one BLAS product per sample and group.
-    np.matmul(_grouped(w, groups), _by_group(cols, groups), out=_by_group(y.reshape(y.shape[0], y.shape[1], -1), groups))
+    np.matmul(_grouped(w, groups), _by_group(cols, groups), out=_by_group(y.reshape(y.shape[0], y.shape[1], y.shape[2] * y.shape[3]), groups))
     if b is not None:
         y += b.reshape(-1, 1, 1)
 
@@ -267,7 +267,7 @@ def conv2d_weight_vjp(g, cols, w_shape, groups) -> np.ndarray:
     Returns ``dw`` of shape ``w_shape``: ``sum_n g[n] @ cols[n].T`` per group.
     """
     n, oc = g.shape[:2]
-    g = _by_group(g.reshape(n, oc, -1), groups)
+    g = _by_group(g.reshape(n, oc, g.shape[2] * g.shape[3]), groups)
     cols_t = _by_group(cols, groups).transpose(0, 1, 3, 2)
     per_sample = np.empty((n, groups, oc // groups, cols_t.shape[3]), dtype=np.result_type(g, cols))
     over_batch(n, lambda start, stop: np.matmul(g[start:stop], cols_t[start:stop], out=per_sample[start:stop]))
