@@ -297,10 +297,10 @@ def test_params_that_do_not_fit_raise_param_errors_with_path_and_shapes(layer, i
 @pytest.mark.parametrize(
     "change_params, change_state, path, message",
     [
-        (lambda p: {"gamma": p["gamma"]}, lambda s: s, "batch_norm_1/beta", r"missing: .* expected a parameter of shape \(3,\)"),
-        (lambda p: {**p, "gamma": np.ones(4)}, lambda s: s, "batch_norm_1/gamma", r"expected shape \(3,\), found \(4,\)"),
-        (lambda p: p, lambda s: {"mean": s["mean"]}, "batch_norm_1/var", "missing"),
-        (lambda p: p, lambda s: {**s, "mean": np.zeros((3, 1))}, "batch_norm_1/mean", r"expected shape \(3,\), found \(3, 1\)"),
+        (lambda p: {"gamma": p["gamma"]}, lambda s: s, "batch_norm_1/beta", r"^params/batch_norm_1/beta: missing: .* expected a parameter of shape \(3,\)"),
+        (lambda p: {**p, "gamma": np.ones(4)}, lambda s: s, "batch_norm_1/gamma", r"^params/batch_norm_1/gamma: .*expected shape \(3,\), found \(4,\)"),
+        (lambda p: p, lambda s: {"mean": s["mean"]}, "batch_norm_1/var", "^state/batch_norm_1/var: missing"),
+        (lambda p: p, lambda s: {**s, "mean": np.zeros((3, 1))}, "batch_norm_1/mean", r"^state/batch_norm_1/mean: .*expected shape \(3,\), found \(3, 1\)"),
     ],
 )
 def test_batch_norm_params_and_state_that_do_not_fit_raise_param_errors(change_params, change_state, path, message):

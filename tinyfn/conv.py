@@ -730,7 +730,7 @@ def BatchNorm(axis: int = 1, momentum: float = 0.9, eps: float = 1e-5, dtype=np.
         c = features(checked_input(name, x).shape)
         where = f"{name} on input {_shape_str(x.shape)}"
         gamma, beta = checked_params(where, params, {"gamma": (c,), "beta": (c,)})
-        mean, var = checked_params(f"the state of {where}", state, {"mean": (c,), "var": (c,)})
+        mean, var = checked_params(where, state, {"mean": (c,), "var": (c,)}, tree="state")
         if train:
             batch_mean, batch_var = batch_moments(x, axis)
             new_state = {"mean": momentum * mean + (1 - momentum) * batch_mean, "var": momentum * var + (1 - momentum) * batch_var}

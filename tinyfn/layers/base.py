@@ -63,28 +63,32 @@ def _fits(shape: tuple, expected: tuple) -> bool:
 
 
 class ParamError(ValueError):
-    """A params tree does not fit its layer: a missing or unexpected entry, or a wrong shape.
+    """A params (or state) tree does not fit its layer: a missing or unexpected entry, or a
+    wrong shape.
 
-    ``path`` is the entry's path in the params tree (``"dense_2/w"``); combinators prefix
-    their child's name as the error passes through them.
+    ``path`` is the entry's path in the tree (``"dense_2/w"``); combinators prefix their
+    child's name as the error passes through them. ``tree`` names the tree (``"params"`` or
+    ``"state"``) at the start of the message.
     """
 
-    def __init__(self, path: str, problem: str):
-        super().__init__(f"params/{path}: {problem}")
+    def __init__(self, path: str, problem: str, tree: str = "params"):
+        super().__init__(f"{tree}/{path}: {problem}")
         self.path = path
         self.problem = problem
+        self.tree = tree
 
     def within(self, child: str) -> "ParamError":
         """The same error, seen from the combinator holding this layer as ``child``."""
-        return ParamError(f"{child}/{self.path}", self.problem)
+        return ParamError(f"{child}/{self.path}", self.problem, self.tree)
 
 
-def checked_params(layer: str, params, expected: dict) -> list:
+def checked_params(layer: str, params, expected: dict, tree: str = "params") -> list:
     """The entries of ``params`` named in ``expected``, after checking they fit.
 
     ``expected`` maps each entry's name to its shape (a None side matches any size), or to
-    None for an optional entry that is absent. Raises :class:`ParamError` naming the entry and what was expected and found
-    when ``params`` is not a dict, lacks an entry, has one more, or has one of another shape.
+    None for an optional entry that is absent. Raises :class:`ParamError` naming the entry
+    and what was expected and found when ``params`` is not a dict, lacks an entry, has one more, or has one of another shape
+    (``tree`` names the tree in the message: ``"params"``, or ``"state"`` for a layer's state).
     """
     if type(params) is dict and len(params) == len(expected):  # the usual case, checked quickly
         found = []
@@ -96,20 +100,20 @@ def checked_params(layer: str, params, expected: dict) -> list:
         else:
             return found
     if not isinstance(params, dict):
-        raise ParamError("", f"{layer} expected a dict of parameters {sorted(expected)}, found {type(params).__name__}")
+        raise ParamError("", f"{layer} expected a dict of parameters {sorted(expected)}, found {type(params).__name__}", tree)
     for name in params:
         if name not in expected or expected[name] is None:
-            raise ParamError(str(name), f"{layer} has no parameter {name!r} (its parameters: {sorted(k for k, v in expected.items() if v is not None)})")
+            raise ParamError(str(name), f"{layer} has no parameter {name!r} (its parameters: {sorted(k for k, v in expected.items() if v is not None)})", tree)
     found = []
     for name, shape in expected.items():
         if shape is None:
             found.append(None)
             continue
         if name not in params:
-            raise ParamError(name, f"missing: {layer} expected a parameter of shape {_shape_str(shape)}")
+            raise ParamError(name, f"missing: {layer} expected a parameter of shape {_shape_str(shape)}", tree)
         value = params[name]
         if not _fits(np.shape(value), shape):
-            raise ParamError(name, f"{layer} expected shape {_shape_str(shape)}, found {_shape_str(np.shape(value))}")
+            raise ParamError(name, f"{layer} expected shape {_shape_str(shape)}, found {_shape_str(np.shape(value))}", tree)
         found.append(value)
     return found
 
