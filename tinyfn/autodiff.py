@@ -115,15 +115,15 @@ class Primitive:
                 break
         else:  # no traced argument: just compute, recording nothing
             return self.impl(*args, **params)
-        trace = None  # the innermost trace among the arguments records the call
+        trace = a.trace  # the innermost trace among the arguments records the call
         for a in args:
-            if type(a) is Node and (trace is None or a.trace.level > trace.level):
+            if type(a) is Node and a.trace is not trace and a.trace.level > trace.level:
                 trace = a.trace
         # Unwrap this trace's Nodes only: Nodes of outer traces go into the forward, which
         # records them on their own tapes.
         inner = [a.value if type(a) is Node and a.trace is trace else a for a in args]
         out, residuals = self.forward(*inner, **params)
-        node = Node(out, self, args, residuals, params, trace=trace)
+        node = Node(out, self, args, residuals, params, None, trace)
         if trace.tape is not None:
             trace.tape.append(node)
         return node
@@ -502,7 +502,7 @@ def _as_gradient(g, value):
     primal = primal_value(value)
     if g is None:
         return np.zeros_like(primal)
-    g = np.asarray(g, dtype=np.result_type(primal))
+    g = np.asarray(g, dtype=primal.dtype)
     return g if g.flags.c_contiguous else g.copy()  # sum/mean VJPs hand out broadcast views
 
 

@@ -6,6 +6,8 @@ losses). All are numerically stable at extreme logits (no inf or nan at |logit| 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import ops
@@ -62,10 +64,13 @@ def _check_class_indices(labels: np.ndarray, num_classes: int) -> None:
         )
 
 
-def _sce_impl(logits, labels, *, reduction):
+def _sce_numpy(logits, labels, reduction):
+    """``(loss, softmax(logits))`` on plain arrays, with one exp of the logits."""
     # log softmax = shifted - log(total), with the row maximum subtracted first so exp cannot overflow
     shifted = logits - logits.max(axis=-1, keepdims=True)
-    log_total = np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    exp = np.exp(shifted)
+    total = exp.sum(axis=-1, keepdims=True)
+    log_total = np.log(total)
     if labels.dtype.kind in "iu":
         _check_class_indices(labels, logits.shape[-1])
         # only the label's entry of log softmax is needed: no full (N, C) log-probability array
@@ -73,19 +78,17 @@ def _sce_impl(logits, labels, *, reduction):
         per_item = log_total.reshape(labels.shape) - picked
     else:
         per_item = (labels * (log_total - shifted)).sum(axis=-1)
-    return _reduce(per_item, reduction)
+    exp /= total
+    return _reduce(per_item, reduction), exp
 
 
 def _sce_forward(logits, labels, *, reduction):
-    out = _softmax_cross_entropy(logits, labels, reduction=reduction)
-    count = int(np.prod(np.shape(logits)[:-1]))
-    return out, (logits, ops.softmax(logits), labels, count, reduction)
-
-
-def _one_hot(labels: np.ndarray, num_classes: int, dtype) -> np.ndarray:
-    encoded = np.zeros(labels.shape + (num_classes,), dtype=dtype)
-    encoded.reshape(-1, num_classes)[_picked(labels)] = 1
-    return encoded
+    count = math.prod(logits.shape[:-1])
+    if type(logits) is np.ndarray and type(labels) is np.ndarray:  # nothing above traces: one numpy pass
+        out, probs = _sce_numpy(logits, labels, reduction)
+    else:
+        out, probs = _softmax_cross_entropy(logits, labels, reduction=reduction), ops.softmax(logits)
+    return out, (logits, probs, labels, count, reduction)
 
 
 def _sce_vjp(g, res, needs):
@@ -95,8 +98,9 @@ def _sce_vjp(g, res, needs):
     g_items = _item_cotangent(g, count, reduction, per_class=True)
     g_logits = g_labels = None
     if needs[0]:
-        if np.result_type(primal_value(labels)).kind in "iu":
-            g_logits = (probs - _one_hot(primal_value(labels), np.shape(probs)[-1], np.result_type(primal_value(probs)))) * g_items
+        if labels.dtype.kind in "iu":
+            one_hot = np.eye(probs.shape[-1], dtype=probs.dtype)[labels]
+            g_logits = (probs - one_hot) * g_items
         else:
             g_logits = (probs * ops.sum(labels, axis=-1, keepdims=True) - labels) * g_items
     if needs[1]:
@@ -104,7 +108,12 @@ def _sce_vjp(g, res, needs):
     return g_logits, g_labels
 
 
-_softmax_cross_entropy = Primitive("softmax_cross_entropy", _sce_forward, _sce_vjp, impl=_sce_impl)
+_softmax_cross_entropy = Primitive(
+    "softmax_cross_entropy",
+    _sce_forward,
+    _sce_vjp,
+    impl=lambda logits, labels, *, reduction: _sce_numpy(logits, labels, reduction)[0],
+)
 
 
 def softmax_cross_entropy(logits, labels, reduction: str = "mean"):
@@ -120,20 +129,22 @@ def softmax_cross_entropy(logits, labels, reduction: str = "mean"):
     in the logits and in soft labels.
     """
     _check_reduction(reduction)
-    logit_shape = np.shape(logits)
+    if type(logits) is not Node:
+        logits = np.asarray(logits)
+    logit_shape = logits.shape
     if len(logit_shape) < 1 or logit_shape[-1] < 1:
         raise ValueError(f"softmax_cross_entropy: expected logits (..., C) with C >= 1 classes, found shape {logit_shape}")
     _check_not_empty("softmax_cross_entropy", logit_shape)
     if type(labels) is not Node:
         labels = np.asarray(labels)
-    label_shape, label_kind = np.shape(labels), np.result_type(primal_value(labels)).kind
+    label_shape, label_kind = labels.shape, labels.dtype.kind
     if label_kind in "iu":
         if label_shape != logit_shape[:-1]:
             raise ValueError(f"softmax_cross_entropy: integer labels must have shape {logit_shape[:-1]}, found {label_shape}")
     elif label_kind != "f":
         raise TypeError(
             f"softmax_cross_entropy: expected integer class indices or float one-hot/soft labels, "
-            f"found labels of dtype {np.result_type(primal_value(labels))}"
+            f"found labels of dtype {labels.dtype}"
         )
     elif label_shape == logit_shape[:-1] and logit_shape[-1] != 1:
         raise ValueError(

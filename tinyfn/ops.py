@@ -40,6 +40,10 @@ def unbroadcast(g, shape: tuple):
     return reshape(sum(g, axis=tuple(range(lead)) + stretched), shape)
 
 
+# The rules below use operators (``g * y``, ``a @ b``) where they can: on plain arrays those
+# are numpy's own, with no dispatch at all, and on traced values they are the primitives.
+
+
 def _reduced_axes(ndim: int, axis) -> tuple:
     return tuple(range(ndim)) if axis is None else normalize_axis_tuple(axis, ndim)
 
@@ -312,9 +316,9 @@ def _matmul_vjp(g, ab, needs):
     g2 = reshape(g, g_shape)
     ga = gb = None
     if needs[0]:
-        ga = reshape(unbroadcast(matmul(g2, _swap_last(b2)), np.shape(a2)), a_shape)
+        ga = reshape(unbroadcast(g2 @ _swap_last(b2), np.shape(a2)), a_shape)
     if needs[1]:
-        gb = reshape(unbroadcast(matmul(_swap_last(a2), g2), np.shape(b2)), b_shape)
+        gb = reshape(unbroadcast(_swap_last(a2) @ g2, np.shape(b2)), b_shape)
     return ga, gb
 
 

@@ -25,17 +25,18 @@ def _dense_forward(x, w, b, *, relu=False):
 
 
 def _dense_vjp(g, res, needs):
-    # y = x @ w + b, so dx = g @ w.T, dw = x.T @ g and db = g summed over the batch.
+    # y = x @ w + b, so dx = g @ w.T, dw = x.T @ g and db = g summed over the batch. Written
+    # with operators and methods, which are numpy's on plain arrays and tinyfn's on traced ones.
     x, w, y = res
     if y is not None:
         g = ops.relu_backward(g, y)  # back through the ReLU first: g where the output is positive
     # Inputs may have leading dimensions beyond the batch: fold them into one for the weight gradient.
-    x2 = x if x.ndim == 2 else ops.reshape(x, (-1, x.shape[-1]))
-    g2 = g if g.ndim == 2 else ops.reshape(g, (-1, g.shape[-1]))
+    x2 = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
+    g2 = g if g.ndim == 2 else g.reshape(-1, g.shape[-1])
     return (
-        ops.matmul(g, ops.transpose(w)) if needs[0] else None,
-        ops.matmul(ops.transpose(x2), g2) if needs[1] else None,
-        ops.sum(g2, axis=0) if needs[2] else None,
+        g @ w.T if needs[0] else None,
+        x2.T @ g2 if needs[1] else None,
+        g2.sum(axis=0) if needs[2] else None,
     )
 
 
