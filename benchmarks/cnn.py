@@ -60,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer and shorter repeats")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for BLAS and PyTorch (default: all cores, %(default)s)")
+    parser.add_argument("--threads", type=common.positive_int, default=os.cpu_count(), help="threads for BLAS and PyTorch (default: all cores, %(default)s)")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it is installed")
     return parser.parse_args(argv)
 
@@ -68,9 +68,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- the model
 
 
-def tinyfn_model(fused: bool = True):
-    """The benchmark's model as a tinyfn layer stack (ReLUs fused into the convolutions or not)."""
-    from tinyfn import conv, layers
+def tinyfn_model(fused: bool = True, lib=None):
+    """The benchmark's model as a tinyfn layer stack (ReLUs fused into the convolutions or not);
+    ``lib`` is the tinyfn package to build it with (default: ``tinyfn``)."""
+    if lib is None:
+        import tinyfn as lib
+    conv, layers = lib.conv, lib.layers
 
     def conv_relu(channels):
         if fused:
@@ -104,14 +107,15 @@ def make_data(batch: int = BATCH, seed: int = 0):
 # from its own copy of the weights (carried from step to step) and returns the loss.
 
 
-def tinyfn_step(weights, x, y, fused: bool = True, static_graph: bool = False):
-    """tinyfn as a user writes it."""
-    import tinyfn
+def tinyfn_step(weights, x, y, fused: bool = True, static_graph: bool = False, lib=None):
+    """tinyfn as a user writes it (``lib``: the tinyfn package to run, default ``tinyfn``)."""
+    if lib is None:
+        import tinyfn as lib
 
-    model = tinyfn_model(fused)
+    model = tinyfn_model(fused, lib)
     names = ("conv2d_0", "conv2d_2", "dense_5") if fused else ("conv2d_0", "conv2d_3", "dense_7")
-    params = tinyfn.tree.freeze({name: {"w": w, "b": b} for name, (w, b) in zip(names, weights)})
-    return common.tinyfn_sgd_step(model, params, x, y, LEARNING_RATE, static_graph)
+    params = lib.tree.freeze({name: {"w": w, "b": b} for name, (w, b) in zip(names, weights)})
+    return common.tinyfn_sgd_step(model, params, x, y, LEARNING_RATE, static_graph, lib)
 
 
 def torch_step(weights, x, y):
@@ -242,8 +246,7 @@ def thread_report(threads: int, torch_loaded: bool) -> str:
 def main(argv=None) -> dict:
     """Run the benchmark, print the report, and return its figures as a dict."""
     args = parse_args(argv)
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TINYFN_NUM_THREADS"):
-        os.environ[name] = str(args.threads)
+    common.set_thread_variables(args.threads)
     settings = common.QUICK if args.quick else common.FULL
 
     start = time.perf_counter()

@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 
@@ -61,8 +63,7 @@ class Stats:
     def map(self, f: Callable[[float], float]) -> "Stats":
         """Apply a monotonic function to each figure; a decreasing one (such as a rate from a
         time) swaps min and max so that ``min <= median <= max`` still holds."""
-        low, high = sorted((f(self.min), f(self.max)))
-        return Stats(f(self.median), low, high)
+        return Stats(*_map_ordered(f, self.median, self.min, self.max))
 
     def as_dict(self) -> dict:
         """``{"median", "min", "max"}``, for the JSON report."""
@@ -91,6 +92,38 @@ def median_interval(samples, confidence: float = 0.95) -> tuple[float, float]:
     return ordered[j - 1], ordered[n - j]
 
 
+def _map_ordered(f: Callable[[float], float], middle: float, low: float, high: float) -> tuple[float, float, float]:
+    """``(f(middle), f(low), f(high))`` with the two bounds in order again: a decreasing ``f``
+    (a rate from a time) would otherwise swap them."""
+    low, high = sorted((f(low), f(high)))
+    return f(middle), low, high
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The median of a set of samples with a confidence interval for it (:func:`median_interval`):
+    what a figure that is held against a threshold, or against another version, is given with."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, samples, confidence: float = 0.95) -> "Estimate":
+        """The median of a non-empty sequence of numbers and its ``confidence`` interval."""
+        samples = list(samples)
+        return cls(statistics.median(samples), *median_interval(samples, confidence))
+
+    def map(self, f: Callable[[float], float]) -> "Estimate":
+        """Apply a monotonic function to the median and both bounds (a decreasing one keeps
+        ``low <= median <= high``): the interval of ``f(median)`` is ``f`` of the interval."""
+        return Estimate(*_map_ordered(f, self.median, self.low, self.high))
+
+    def as_dict(self) -> dict:
+        """``{"median", "low", "high"}``, for a JSON report."""
+        return asdict(self)
+
+
 @dataclass(frozen=True)
 class Timing:
     """Seconds per call of one callable, one sample per repeat; with a reference case (see
@@ -117,6 +150,21 @@ class Timing:
     def speed_vs_reference(self) -> Stats:
         """The median, min and max of :meth:`ratios_to_reference`."""
         return Stats.of(self.ratios_to_reference())
+
+
+def speed_ratios(a: Timing, b: Timing) -> list[float]:
+    """Case ``a``'s speed relative to case ``b``'s, one ratio per round of one :func:`measure`
+    call with a reference that is neither of them (above 1: ``a`` is faster).
+
+    In each round, each case's repeat is compared with the reference repeats just before and
+    just after it, and the two ratios are divided: ``(ref / a) / (ref / b)``. A drift of the
+    machine over the round then cancels to first order, as it does in each ratio to the
+    reference, where dividing the raw times of ``a`` and ``b`` would pair repeats up to a
+    round apart.
+    """
+    if len(a.reference) != len(a.samples) or len(b.reference) != len(b.samples) or len(a.samples) != len(b.samples):
+        raise ValueError("speed_ratios: both cases need one bracketed repeat per round of the same measure call (neither may be the reference)")
+    return [ra / rb for ra, rb in zip(a.ratios_to_reference(), b.ratios_to_reference())]
 
 
 def _calls_per_second(fn: Callable[[], object], seconds: float) -> float:
@@ -202,6 +250,46 @@ def measure(cases: dict[str, Callable[[], object]], settings: Settings, referenc
     return {name: Timing(tuple(samples[name]), tuple(brackets[name])) for name in names}
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TINYFN_NUM_THREADS")
+
+
+def set_thread_variables(threads: int) -> None:
+    """Set the thread-count variables that OpenBLAS, MKL, PyTorch and tinyfn read when they are
+    imported (:data:`THREAD_VARIABLES`); this must run before numpy or torch is imported, and
+    the fresh interpreters of :func:`run_fresh` inherit it."""
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+
+
+def configure_torch(threads: int) -> dict | None:
+    """Import PyTorch when installed and give it ``threads`` intra-op threads; returns
+    ``{"intra_op", "inter_op"}`` or None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    return {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
+
+
+def cpu_model() -> str:
+    """The processor's name (from /proc/cpuinfo on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a thread count, a batch size)."""
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(text)
+    return int(text)
+
+
 def run_fresh(code: str, runs: int, *, timeout: float = 600) -> list[dict]:
     """Run ``python -c code`` ``runs`` times, each in a fresh interpreter (same environment,
     so the same thread settings); the code prints one JSON object on its last line of
@@ -269,9 +357,11 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), "-" * len(line(header))] + [line(row) for row in rows])
 
 
-def fmt_stats(stats: Stats, digits: int = 0) -> str:
-    """``"median (min-max)"`` with ``digits`` decimals and thousands separators."""
-    return f"{stats.median:,.{digits}f} ({stats.min:,.{digits}f}-{stats.max:,.{digits}f})"
+def fmt_stats(stats: Stats | Estimate, digits: int = 0) -> str:
+    """``"median (min-max)"`` of a :class:`Stats`, or ``"median (low-high)"`` of an
+    :class:`Estimate`, with ``digits`` decimals and thousands separators."""
+    low, high = (stats.low, stats.high) if isinstance(stats, Estimate) else (stats.min, stats.max)
+    return f"{stats.median:,.{digits}f} ({low:,.{digits}f}-{high:,.{digits}f})"
 
 
 def torch_sgd_step(model, x, y, learning_rate: float):
@@ -293,17 +383,21 @@ def torch_sgd_step(model, x, y, learning_rate: float):
     return step
 
 
-def tinyfn_sgd_step(model, params, x, y, learning_rate: float, static_graph: bool = False):
+def tinyfn_sgd_step(model, params, x, y, learning_rate: float, static_graph: bool = False, lib=None):
     """A tinyfn training step as a user writes it: ``value_and_grad`` of the softmax
     cross-entropy of ``model.apply`` (with ``static_graph`` as given), then ``optim.sgd_step``.
-    The parameters are carried from step to step inside the closure. Returns ``step() -> loss``."""
-    import tinyfn
-    from tinyfn.optim import sgd_step
+    The parameters are carried from step to step inside the closure. Returns ``step() -> loss``.
+
+    ``lib`` is the tinyfn package to run (default: ``tinyfn``; ``against_revision.py`` passes
+    an older revision imported under another name)."""
+    if lib is None:
+        import tinyfn as lib
 
     def loss_fn(params, x, y):
-        return tinyfn.losses.softmax_cross_entropy(model.apply(params, x), y)
+        return lib.losses.softmax_cross_entropy(model.apply(params, x), y)
 
-    loss_and_grads = tinyfn.value_and_grad(loss_fn, static_graph=static_graph)
+    loss_and_grads = lib.value_and_grad(loss_fn, static_graph=static_graph)
+    sgd_step = lib.optim.sgd_step
 
     def step():
         nonlocal params

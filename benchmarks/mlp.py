@@ -54,13 +54,15 @@ def make_data(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return rng.random((batch, SIZES[0]), dtype=np.float32), rng.integers(0, SIZES[-1], batch)
 
 
-def tinyfn_model(fused: bool = True) -> tl.Layer:
-    """The benchmark's model as a tinyfn layer stack (ReLUs fused into the dense layers or not)."""
+def tinyfn_model(fused: bool = True, lib=tinyfn) -> tl.Layer:
+    """The benchmark's model as a tinyfn layer stack (ReLUs fused into the dense layers or not);
+    ``lib`` is the tinyfn package to build it with (``against_revision.py`` passes an older one)."""
+    layers = lib.layers
     if fused:
-        hidden = [tl.Dense(n, activation="relu") for n in SIZES[1:-1]]
+        hidden = [layers.Dense(n, activation="relu") for n in SIZES[1:-1]]
     else:
-        hidden = [layer for n in SIZES[1:-1] for layer in (tl.Dense(n), tl.Relu())]
-    return tl.serial(*hidden, tl.Dense(SIZES[-1]))
+        hidden = [layer for n in SIZES[1:-1] for layer in (layers.Dense(n), layers.Relu())]
+    return layers.serial(*hidden, layers.Dense(SIZES[-1]))
 
 
 def init_params(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -101,14 +103,19 @@ class Impl:
 # ----------------------------------------------------------------------------- tinyfn
 
 
-def tinyfn_impl(params: list, fused: bool = True, static_graph: bool = False) -> Impl:
-    """tinyfn as a user writes it."""
-    model = tinyfn_model(fused)
-    _, template = model.init(tinyfn.random.key(0), (-1, SIZES[0]))
-    tree = tinyfn.tree.freeze({name: {"w": w, "b": b} for name, (w, b) in zip(sorted(template), params)})
+def tinyfn_params(params: list, fused: bool = True, lib=tinyfn) -> tuple[tl.Layer, dict]:
+    """The model and its parameter tree (read-only) holding the weights ``params``."""
+    model = tinyfn_model(fused, lib)
+    _, template = model.init(lib.random.key(0), (-1, SIZES[0]))
+    return model, lib.tree.freeze({name: {"w": w, "b": b} for name, (w, b) in zip(sorted(template), params)})
+
+
+def tinyfn_impl(params: list, fused: bool = True, static_graph: bool = False, lib=tinyfn) -> Impl:
+    """tinyfn as a user writes it (``lib``: the tinyfn package to run)."""
+    model, tree = tinyfn_params(params, fused, lib)
 
     def make_step(x, y):
-        return common.tinyfn_sgd_step(model, tree, x, y, LEARNING_RATE, static_graph)
+        return common.tinyfn_sgd_step(model, tree, x, y, LEARNING_RATE, static_graph, lib)
 
     def make_predict(x):
         return lambda: model.apply(tree, x)

@@ -1,7 +1,7 @@
 """Run tinyfn's benchmark suite: a table on stdout and a JSON file.
 
-    python benchmarks/run.py            # full run (about 15 minutes on 2 cores)
-    python benchmarks/run.py --quick    # short run (about 3 minutes; noisier)
+    python benchmarks/run.py            # full run (about 20 minutes on 2 cores)
+    python benchmarks/run.py --quick    # short run (about 4 minutes; noisier)
 
 Everything but the standard library and :mod:`common` is imported inside functions, after
 :func:`main` has set the thread-count variables that OpenBLAS and PyTorch read at import.
@@ -26,7 +26,6 @@ from pathlib import Path
 import common
 
 BENCH_DIR = Path(__file__).resolve().parent
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TINYFN_NUM_THREADS")
 TRAIN_BATCHES = (256, 32)
 FOREIGN_CPU_WARNING = 0.05  # share of the machine used by other processes above which figures are flagged
 ACCEPTANCE = (  # (figure, minimum speed relative to the hand-written numpy floor)
@@ -41,32 +40,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer and shorter repeats")
     parser.add_argument(
-        "--threads", type=int, default=os.cpu_count(), help="threads for BLAS and PyTorch (default: all cores, %(default)s)"
+        "--threads", type=common.positive_int, default=os.cpu_count(), help="threads for BLAS and PyTorch (default: all cores, %(default)s)"
     )
     parser.add_argument("--json", default=str(BENCH_DIR / "results.json"), help="where to write the results (%(default)s)")
     return parser.parse_args(argv)
 
 
-def set_thread_variables(threads: int) -> None:
-    """Set the thread-count variables that OpenBLAS, MKL, PyTorch and tinyfn read when they are
-    imported; this must run before numpy or torch is imported, and the fresh interpreters
-    of the start-up benchmark inherit it."""
-    for name in THREAD_VARIABLES:
-        os.environ[name] = str(threads)
-
-
 # ----------------------------------------------------------------------------- environment
-
-
-def cpu_model() -> str:
-    """The processor's name (from /proc/cpuinfo on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def thread_pools() -> list[dict]:
@@ -97,25 +77,14 @@ def environment(args, torch_threads) -> dict:
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "quick": args.quick,
-        "cpu": cpu_model(),
+        "cpu": common.cpu_model(),
         "cores": os.cpu_count(),
         "versions": versions,
-        "thread_variables": {name: os.environ.get(name) for name in THREAD_VARIABLES},
+        "thread_variables": {name: os.environ.get(name) for name in common.THREAD_VARIABLES},
         "torch_threads": torch_threads,
         "thread_pools": thread_pools(),
         "load_average_before": os.getloadavg()[0],
     }
-
-
-def configure_torch(threads: int):
-    """Import PyTorch when installed and give it ``threads`` intra-op threads; returns
-    ``{"intra_op", "inter_op"}`` or None."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch.set_num_threads(threads)
-    return {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
 
 
 # ----------------------------------------------------------------------------- sections
@@ -218,16 +187,17 @@ def bench_startup(names: list[str], runs: int) -> dict:
     return results
 
 
-def bench_cnn(quick: bool, threads: int) -> dict:
-    """The CNN benchmark (benchmarks/cnn.py, owned by the convolution work), run as a
-    script in its own interpreter; its stdout is included as it is."""
-    script = BENCH_DIR / "cnn.py"
+def bench_script(name: str, quick: bool, threads: int) -> dict:
+    """A benchmark of its own (``benchmarks/<name>.py``: ``cnn``, ``higher_order``), run as a
+    script in its own interpreter with the same ``--threads`` (and ``--quick``); its stdout
+    is included as it is."""
+    script = BENCH_DIR / f"{name}.py"
     if not script.exists():
-        return {"skipped": "benchmarks/cnn.py is not there yet"}
+        return {"skipped": f"benchmarks/{name}.py is not there"}
     command = [sys.executable, str(script), "--threads", str(threads)] + (["--quick"] if quick else [])
     proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode != 0:
-        return {"skipped": f"benchmarks/cnn.py failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}"}
+        return {"skipped": f"benchmarks/{name}.py failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}"}
     return {"stdout": proc.stdout}
 
 
@@ -336,7 +306,8 @@ def report(results: dict) -> str:
         ["framework", "loss diff", "logit diff"],
         [[name, f"{r['max_loss_diff']:.1e}", f"{r['max_logit_diff']:.1e}"] for name, r in results["agreement"].items()],
     ))
-    lines += ["", "CNN benchmark (benchmarks/cnn.py)", results["cnn"].get("stdout", "").rstrip() or "skipped: " + results["cnn"]["skipped"]]
+    for key, title in (("cnn", "CNN benchmark (benchmarks/cnn.py)"), ("higher_order", "Higher-order derivatives (benchmarks/higher_order.py)")):
+        lines += ["", title, results[key].get("stdout", "").rstrip() or "skipped: " + results[key]["skipped"]]
     ratios = next(iter(results["head_to_head"].values()))["ratios"]
     lines += ["", f"Acceptance: tinyfn speed vs the numpy floor head to head (median of {ratios} interleaved ratios, 95% interval)"]
     for figure, check in results["acceptance"].items():
@@ -349,8 +320,8 @@ def report(results: dict) -> str:
 def main(argv=None) -> int:
     """Run every benchmark, print the tables and write the JSON file."""
     args = parse_args(argv)
-    set_thread_variables(args.threads)
-    torch_threads = configure_torch(args.threads)
+    common.set_thread_variables(args.threads)
+    torch_threads = common.configure_torch(args.threads)
 
     import mlp
 
@@ -375,7 +346,8 @@ def main(argv=None) -> int:
     section("head_to_head", bench_head_to_head, impls, head_to_head)
     results["startup_runs"] = settings.fresh_runs
     section("startup", bench_startup, names, settings.fresh_runs)
-    section("cnn", bench_cnn, args.quick, args.threads)
+    section("cnn", bench_script, "cnn", args.quick, args.threads)
+    section("higher_order", bench_script, "higher_order", args.quick, args.threads)
     results["acceptance"] = acceptance(results)
     results["environment"]["load_average_after"] = os.getloadavg()[0]
     print(report(results))
