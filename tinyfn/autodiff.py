@@ -94,6 +94,10 @@ class Primitive:
 
     Defining a primitive with the name of an existing one replaces it when both forwards are
     the same function of the same module (re-running a notebook cell), and is an error otherwise.
+
+    A ValueError, TypeError or IndexError raised by numpy inside ``impl`` or ``forward`` is
+    raised again from here, as the same built-in type naming the primitive and what it was
+    given (see :func:`_explained`).
     """
 
     __slots__ = ("name", "forward", "vjp", "impl", "nondiff")
@@ -110,19 +114,25 @@ class Primitive:
         PRIMITIVES[name] = self
 
     def __call__(self, *args, **params):
-        for a in args:
-            if type(a) is Node:
-                break
-        else:  # no traced argument: just compute, recording nothing
-            return self.impl(*args, **params)
-        trace = a.trace  # the innermost trace among the arguments records the call
-        for a in args:
-            if type(a) is Node and a.trace is not trace and a.trace.level > trace.level:
-                trace = a.trace
-        # Unwrap this trace's Nodes only: Nodes of outer traces go into the forward, which
-        # records them on their own tapes.
-        inner = [a.value if type(a) is Node and a.trace is trace else a for a in args]
-        out, residuals = self.forward(*inner, **params)
+        try:
+            for a in args:
+                if type(a) is Node:
+                    break
+            else:  # no traced argument: just compute, recording nothing
+                return self.impl(*args, **params)
+            trace = a.trace  # the innermost trace among the arguments records the call
+            for a in args:
+                if type(a) is Node and a.trace is not trace and a.trace.level > trace.level:
+                    trace = a.trace
+            # Unwrap this trace's Nodes only: Nodes of outer traces go into the forward, which
+            # records them on their own tapes.
+            inner = [a.value if type(a) is Node and a.trace is trace else a for a in args]
+            out, residuals = self.forward(*inner, **params)
+        except _EXPLAINABLE as error:  # a try costs nothing until something is raised
+            explained = _explained(self.name, error, args, params)
+            if explained is error:
+                raise
+            raise explained from error
         node = Node(out, self, args, residuals, params, None, trace)
         if trace.tape is not None:
             trace.tape.append(node)
@@ -159,6 +169,43 @@ class Primitive:
 
     def __repr__(self):
         return f"Primitive({self.name!r})"
+
+
+_EXPLAINABLE = (ValueError, TypeError, IndexError)
+
+
+def _explained(name: str, error: Exception, args: tuple, params: dict) -> Exception:
+    """The error primitive ``name`` raises when its code raised ``error`` on ``args`` and ``params``.
+
+    An error of numpy (or Python) becomes the same built-in type (ValueError, TypeError or
+    IndexError) raised from tinyfn, its message prefixed by the primitive's name and followed by
+    what the primitive was given: ``add: operands could not be broadcast together with shapes
+    (2,3) (4,); called with a float64 array of shape (2, 3), a float64 array of shape (4,)``. Errors
+    already explained pass unchanged: tinyfn's own exception classes, and the error of a
+    primitive called inside this one (marked by its ``primitive`` attribute).
+    """
+    if getattr(error, "primitive", None) is not None or type(error).__module__.startswith("tinyfn."):
+        return error
+    kind = next(k for k in _EXPLAINABLE if isinstance(error, k))
+    message = str(error).strip()
+    if not message.startswith(f"{name}:"):  # tinyfn's own checks inside a primitive name it already
+        message = f"{name}: {message}"
+    given = [_describe(a) for a in args] + [f"{key}={_describe(value)}" for key, value in params.items()]
+    explained = kind(f"{message}; called with {', '.join(given)}")
+    explained.primitive = name
+    return explained
+
+
+def _describe(value) -> str:
+    """``value`` in a few words, for an error message: an array by its dtype and shape."""
+    value = primal_value(value)
+    if isinstance(value, np.ndarray):
+        article = "an" if value.dtype.name[0] in "aeio" else "a"
+        return f"{article} {value.dtype} array of shape {value.shape}"
+    if isinstance(value, np.generic):
+        return f"{value.item()!r} ({value.dtype})"
+    text = repr(value)
+    return text if len(text) <= 40 else f"a {type(value).__name__}"
 
 
 def _definition(f) -> tuple:
@@ -373,11 +420,12 @@ def _wrap(primals: tuple, names: list[str], trace: _Trace) -> tuple:
     except _NotDifferentiable:
         for primal, name in zip(primals, names):
             for path, leaf in tree.leaves_with_path(primal):
-                if np.result_type(primal_value(leaf)).kind not in "fc":
+                dtype = np.asarray(primal_value(leaf)).dtype
+                if dtype.kind not in "fc":
                     where = name if path == "<root>" else f"{name}/{path}"
                     raise TypeError(
                         f"cannot differentiate with respect to '{where}': expected a floating-point "
-                        f"array, found dtype {np.result_type(primal_value(leaf))}"
+                        f"array, found dtype {dtype}"
                     ) from None
         raise
 
@@ -465,6 +513,7 @@ def vjp(f, *primals):
     ``vjp_fn(cotangent)`` takes a cotangent with the structure and shapes of ``out`` and
     returns a tuple with one gradient pytree per primal, shaped like that primal.
     """
+    _check_function("vjp", f)
     names = _positional_names(f)
     out, wrapped, tape, trace = _trace(f, primals, [_arg_name(names, i) for i in range(len(primals))])
     out_leaves, out_def = tree.flatten(out)
@@ -478,6 +527,9 @@ def vjp(f, *primals):
         for o, ct in zip(out_leaves, ct_leaves):
             if np.shape(ct) != np.shape(o):
                 raise ValueError(f"vjp: cotangent shape {np.shape(ct)} does not match output shape {np.shape(o)}")
+            ct_dtype = np.asarray(primal_value(ct)).dtype
+            if ct_dtype.kind not in "iuf":
+                raise TypeError(f"vjp: expected a real-valued cotangent (ints or floats), found dtype {ct_dtype}")
             if type(o) is Node and o.trace is trace:
                 roots.append(o)
                 seeds.append(ct if type(ct) is Node else np.asarray(ct, dtype=o.dtype))
@@ -508,19 +560,20 @@ def _as_gradient(g, value):
 
 def _scalar(value):
     """The loss value as a numpy or Python scalar (or a Node of an outer trace); a TypeError
-    if it is not shaped ()."""
+    if it is not a number shaped ()."""
     if type(value) is Node:
         if value.shape != ():
             raise TypeError(f"grad requires f to return a scalar (shape ()), found shape {value.shape}")
         return value
-    if isinstance(value, np.ndarray) and value.shape == ():
+    if isinstance(value, (float, int)) or (isinstance(value, np.generic) and value.dtype.kind in "biuf"):
+        return value
+    if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "biuf":
         return value[()]  # a numpy scalar, which formats and compares like a number
-    if not isinstance(value, (np.generic, float, int)) and np.shape(value) != ():
-        raise TypeError(
-            f"grad requires f to return a scalar (shape ()), found shape {np.shape(value)}; "
-            "reduce it (for example with .sum() or .mean()) or use tinyfn.vjp"
-        )
-    return value
+    found = f"shape {value.shape}" if isinstance(value, np.ndarray) else _describe(value)
+    raise TypeError(
+        f"grad requires f to return a scalar (shape ()), found {found}; "
+        "reduce it (for example with .sum() or .mean()) or use tinyfn.vjp"
+    )
 
 
 def _split_aux(out, has_aux: bool) -> tuple:
@@ -528,18 +581,32 @@ def _split_aux(out, has_aux: bool) -> tuple:
     if not has_aux:
         return out, None
     if not (isinstance(out, tuple) and len(out) == 2):
-        raise TypeError("has_aux=True requires f to return a pair (scalar, aux)")
+        found = f"a tuple of {len(out)}" if isinstance(out, tuple) else _describe(out)
+        raise TypeError(f"has_aux=True requires f to return a pair (scalar, aux), found {found}")
     return out
 
 
 def _argnum_positions(argnums, num_args: int) -> list[int]:
-    """The positions selected by ``argnums`` (an int or a sequence of ints, negative counting
-    from the end) among ``num_args`` positional arguments; a ValueError if one is out of range."""
+    """The positions selected by ``argnums`` (an int or a sequence of distinct ints, negative
+    counting from the end) among ``num_args`` positional arguments; a TypeError if one is not
+    an int, a ValueError if one is out of range or repeated."""
     nums = argnums if isinstance(argnums, (tuple, list)) else (argnums,)
+    positions = []
     for n in nums:
+        if type(n) is not int and (isinstance(n, bool) or not isinstance(n, np.integer)):
+            raise TypeError(f"argnums must be an int or a tuple of ints, found {argnums!r}")
         if not -num_args <= n < num_args:
             raise ValueError(f"argnums={argnums} but the function was called with {num_args} positional arguments")
-    return [n % num_args for n in nums]
+        positions.append(int(n) % num_args)
+    if len(positions) > 1 and len(set(positions)) != len(positions):
+        raise ValueError(f"argnums must name each argument once, found {argnums!r} for {num_args} positional arguments")
+    return positions
+
+
+def _check_function(transform: str, f) -> None:
+    """A TypeError naming ``transform`` unless ``f`` can be called."""
+    if not callable(f):
+        raise TypeError(f"{transform}: expected a function to differentiate, found {_describe(f)}")
 
 
 def value_and_grad(f, argnums=0, has_aux=False, static_graph=False):
@@ -560,6 +627,7 @@ def value_and_grad(f, argnums=0, has_aux=False, static_graph=False):
     per call, for functions whose graph does not depend on array values. See
     :mod:`tinyfn.staging` for what ``f`` must then satisfy (first order only).
     """
+    _check_function("value_and_grad", f)
     if static_graph:
         from .staging import staged_value_and_grad  # imported here: tinyfn.staging builds on this module
 
@@ -599,6 +667,7 @@ def grad(f, argnums=0, has_aux=False, static_graph=False):
     ``(grad, aux)`` when ``has_aux`` is True, as in JAX). ``grad(grad(f))`` is the second
     derivative, and so on to any order.
     """
+    _check_function("grad", f)
     vg = value_and_grad(f, argnums, has_aux, static_graph)
 
     def grad_f(*args, **kwargs):

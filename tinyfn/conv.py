@@ -36,7 +36,8 @@ import numpy as np
 
 from . import initializers, kernels, ops, tree
 from .autodiff import Primitive, is_traced, primal_value
-from .layers import Layer, checked_input, checked_params
+from .layers.base import Layer, checked_axis, checked_input, checked_no_params, checked_params, checked_shape
+from .random import _check_int, _check_real, _is_int
 
 __all__ = [
     "conv_padding",
@@ -63,9 +64,14 @@ def _pair(value, name: str, minimum: int = 1) -> tuple[int, int]:
     if type(value) is tuple and len(value) == 2 and type(value[0]) is type(value[1]) is int and min(value) >= minimum:
         return value  # already a checked pair: what layers pass on every call
     pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value) if isinstance(value, (tuple, list)) else None
-    if pair is None or len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v >= minimum for v in pair):
+    if pair is None or len(pair) != 2 or not all(_is_int(v) and v >= minimum for v in pair):
         raise ValueError(f"{name} must be an int >= {minimum} or a pair of them, found {value!r}")
     return int(pair[0]), int(pair[1])
+
+
+def _groups(where: str, groups) -> int:
+    """``groups`` as an int >= 1; a TypeError or ValueError naming ``where`` otherwise."""
+    return _check_int(f"{where}: groups", groups, 1)
 
 
 def conv_padding(padding, kernel_size, dilation=1) -> tuple[int, int]:
@@ -112,7 +118,8 @@ def conv2d_output_shape(input_shape, w_shape, stride=1, padding=0, dilation=1, g
     stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
     padding = conv_padding(padding, w_shape[2:], dilation)
     oc, cg, kh, kw = w_shape
-    if groups < 1 or oc % groups:
+    groups = _groups("conv2d", groups)
+    if oc % groups:
         raise ValueError(f"conv2d: groups={groups} must divide the {oc} output channels")
     where = f"conv2d with weight {tuple(w_shape)} and groups={groups}"
     _check_images(where, input_shape, cg * groups)
@@ -130,8 +137,11 @@ def conv2d_output_shape(input_shape, w_shape, stride=1, padding=0, dilation=1, g
 
 
 def _promote(*arrays):
-    """The arrays (None passes through) converted to their common float dtype."""
+    """The arrays (None passes through) converted to their common float dtype; a TypeError
+    if they are not arrays of real numbers (the primitive calling this adds its name)."""
     dtype = np.result_type(*[a for a in arrays if a is not None], np.float32)
+    if dtype.kind != "f":
+        raise TypeError(f"expected arrays of real numbers, found dtype {dtype}")
     return [None if a is None else np.asarray(a, dtype=dtype) for a in arrays]
 
 
@@ -313,8 +323,9 @@ def conv_transpose2d_output_shape(input_shape, w_shape, stride=1, padding=0, out
     if len(w_shape) != 4:
         raise ValueError(f"conv_transpose2d: expected a weight (C, OC/groups, KH, KW), found shape {tuple(w_shape)}")
     c, ocg, kh, kw = w_shape
+    groups = _groups("conv_transpose2d", groups)
     where = f"conv_transpose2d with weight {tuple(w_shape)} and groups={groups}"
-    if groups < 1 or c % groups:
+    if c % groups:
         raise ValueError(f"{where}: groups must divide the {c} input channels")
     _check_images(where, input_shape, c)
     if any(op >= max(s, d) for op, s, d in zip(output_padding, stride, dilation)):
@@ -361,13 +372,19 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilati
 # average pooling is linear, so its VJP is its transpose, whose transpose is average pooling.
 
 
-def _pool_config(name, input_shape, window, stride, padding):
-    """Checked ``(window, stride, padding)`` pairs and the output shape of a pooling."""
+def _pool_geometry(name, window, stride, padding) -> tuple:
+    """Checked ``(window, stride, padding)`` pairs of a pooling (the stride defaults to the window)."""
     window = _pair(window, "window")
     stride = window if stride is None else _pair(stride, "stride")
     padding = _pair(padding, "padding", minimum=0)
     if padding[0] > window[0] // 2 or padding[1] > window[1] // 2:
         raise ValueError(f"{name}: padding {padding} must be at most half the window {window}")
+    return window, stride, padding
+
+
+def _pool_config(name, input_shape, window, stride, padding):
+    """Checked ``(window, stride, padding)`` pairs and the output shape of a pooling."""
+    window, stride, padding = _pool_geometry(name, window, stride, padding)
     if len(input_shape) != 4:
         raise ValueError(f"{name}: expected NCHW input (N, C, H, W), found shape {_shape_str(input_shape)}")
     out = kernels.pool_output_shape(input_shape, window, stride, padding)
@@ -464,10 +481,16 @@ _global_avg_pool2d = Primitive(
 )
 
 
+def _check_image_size(where: str, shape: tuple) -> None:
+    """A ValueError naming ``where`` unless ``shape`` is NCHW with at least one pixel (the mean
+    of an empty image is undefined)."""
+    if len(shape) != 4 or shape[2] == 0 or shape[3] == 0:
+        raise ValueError(f"{where}: expected NCHW input (N, C, H, W) with H, W >= 1, found shape {_shape_str(shape)}")
+
+
 def global_avg_pool2d(x):
     """Mean over the whole image: ``(N, C, H, W) -> (N, C)``."""
-    if np.ndim(x) != 4:
-        raise ValueError(f"global_avg_pool2d: expected NCHW input (N, C, H, W), found shape {np.shape(x)}")
+    _check_image_size("global_avg_pool2d", np.shape(x))
     return _global_avg_pool2d(x)
 
 
@@ -481,6 +504,15 @@ def _feature_shape(ndim: int, axis: int) -> list[int]:
     shape = [1] * ndim
     shape[axis] = -1
     return shape
+
+
+def _feature_axis(where: str, x_shape: tuple, axis) -> int:
+    """``axis`` of an input shaped ``x_shape`` as an index in ``[0, ndim)``; a TypeError or
+    ValueError naming ``where`` if it is not an int or the input has no such axis."""
+    axis = checked_axis(where, axis)
+    if not -len(x_shape) <= axis < len(x_shape):
+        raise ValueError(f"{where}: expected an input with a feature axis {axis}, found shape {tuple(x_shape)}")
+    return axis % len(x_shape)
 
 
 def _statistics_axes(where: str, x_shape: tuple, axis: int) -> tuple:
@@ -505,7 +537,7 @@ def batch_moments(x, axis: int = 1):
     The statistics :func:`batch_norm` normalises with, computed with :mod:`tinyfn.ops`, so
     traced values give traced moments (BatchNorm's running averages work under a static graph).
     """
-    axis = axis % np.ndim(x)
+    axis = _feature_axis("batch_moments", np.shape(x), axis)
     c = np.shape(x)[axis]
     mean, _, var = _centered(x, _statistics_axes("batch_moments", np.shape(x), axis))
     return ops.reshape(mean, (c,)), ops.reshape(var, (c,))
@@ -547,7 +579,7 @@ def batch_norm(x, gamma, beta, axis: int = 1, eps: float = 1e-5):
     Returns an array shaped like ``x``; an empty batch raises ValueError (it has no statistics).
     """
     x_shape = np.shape(x)
-    axis = axis % len(x_shape)
+    axis = _feature_axis("batch_norm", x_shape, axis)
     c = x_shape[axis]
     for name, p in (("gamma", gamma), ("beta", beta)):
         if np.shape(p) != (c,):
@@ -581,8 +613,7 @@ def Conv2D(
     kernel) raises ValueError at ``init``; params that do not fit raise
     :class:`~tinyfn.layers.ParamError` at ``apply``.
     """
-    if not (isinstance(out_channels, (int, np.integer)) and out_channels > 0):
-        raise ValueError(f"Conv2D: out_channels must be a positive int, found {out_channels!r}")
+    out_channels, groups = _check_int("Conv2D: out_channels", out_channels, 1), _groups("Conv2D", groups)
     if activation not in (None, "relu"):
         raise ValueError(f"Conv2D: activation must be None or 'relu', found {activation!r}")
     kernel = _pair(kernel_size, "kernel_size")
@@ -593,6 +624,7 @@ def Conv2D(
     expected = {"w": (out_channels, None) + kernel, "b": (out_channels,) if use_bias else None}
 
     def init(key, input_shape):
+        input_shape = checked_shape(name, input_shape)
         if len(input_shape) != 4:
             raise ValueError(f"{name}: expected NCHW input (N, C, H, W), found shape {_shape_str(input_shape)}")
         if input_shape[1] % groups:
@@ -623,10 +655,15 @@ def ConvTranspose2D(
     computes fans for this layer); biases start at zero. Params that do not fit raise
     :class:`~tinyfn.layers.ParamError` at ``apply``.
     """
-    if not (isinstance(out_channels, (int, np.integer)) and out_channels > 0):
-        raise ValueError(f"ConvTranspose2D: out_channels must be a positive int, found {out_channels!r}")
+    out_channels, groups = _check_int("ConvTranspose2D: out_channels", out_channels, 1), _groups("ConvTranspose2D", groups)
     kernel = _pair(kernel_size, "kernel_size")
-    config = dict(stride=stride, padding=padding, output_padding=output_padding, dilation=dilation, groups=groups)
+    config = dict(
+        stride=_pair(stride, "stride"),
+        padding=_pair(padding, "padding", minimum=0),
+        output_padding=_pair(output_padding, "output_padding", minimum=0),
+        dilation=_pair(dilation, "dilation"),
+        groups=groups,
+    )
     w_init = initializers.he_normal if w_init is None else w_init
     name = f"ConvTranspose2D({out_channels}, kernel_size={kernel})"
     expected = {"w": (None, out_channels // groups) + kernel, "b": (out_channels,) if use_bias else None}
@@ -634,6 +671,7 @@ def ConvTranspose2D(
     def init(key, input_shape):
         if out_channels % groups:
             raise ValueError(f"{name}: groups={groups} must divide out_channels")
+        input_shape = checked_shape(name, input_shape)
         if len(input_shape) != 4:
             raise ValueError(f"{name}: expected NCHW input (N, C, H, W), found shape {_shape_str(input_shape)}")
         w_shape = (input_shape[1], out_channels // groups) + kernel
@@ -655,16 +693,17 @@ def _parameterless(name: str, label: str, init, fn) -> Layer:
     got none and an array input, then returns ``fn(x)``."""
 
     def apply(params, x, *, key=None, train=False):
-        if params:
-            checked_params(label, params, {})  # raises: this layer has no parameters
+        checked_no_params(label, params)
         return fn(checked_input(label, x))
 
     return Layer(init, apply, name=name)
 
 
 def _pool_layer(name: str, label: str, pool, window, stride, padding) -> Layer:
+    window, stride, padding = _pool_geometry(label, window, stride, padding)
+
     def init(key, input_shape):
-        _, out_shape = _pool_config(name, input_shape, window, stride, padding)
+        _, out_shape = _pool_config(name, checked_shape(label, input_shape), window, stride, padding)
         return out_shape, {}
 
     return _parameterless(name, label, init, lambda x: pool(x, window, stride, padding))
@@ -684,9 +723,9 @@ def GlobalAvgPool2D() -> Layer:
     """Mean over the whole image: ``(N, C, H, W) -> (N, C)``."""
 
     def init(key, input_shape):
-        if len(input_shape) != 4:
-            raise ValueError(f"GlobalAvgPool2D: expected NCHW input (N, C, H, W), found shape {_shape_str(input_shape)}")
-        return tuple(input_shape[:2]), {}
+        input_shape = checked_shape("GlobalAvgPool2D()", input_shape)
+        _check_image_size("GlobalAvgPool2D()", input_shape)
+        return input_shape[:2], {}
 
     return _parameterless("global_avg_pool2d", "GlobalAvgPool2D()", init, global_avg_pool2d)
 
@@ -710,8 +749,8 @@ def BatchNorm(axis: int = 1, momentum: float = 0.9, eps: float = 1e-5, dtype=np.
     and return the new one in ``aux``. Params or state that do not fit the input raise
     :class:`~tinyfn.layers.ParamError`.
     """
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"BatchNorm: momentum must be in [0, 1], found {momentum}")
+    axis, momentum = checked_axis("BatchNorm", axis), _check_real("BatchNorm: momentum", momentum, 0.0, 1.0)
+    eps = _check_real("BatchNorm: eps", eps, 0.0)
     name = f"BatchNorm(axis={axis})"
 
     def features(input_shape) -> int:
@@ -721,10 +760,11 @@ def BatchNorm(axis: int = 1, momentum: float = 0.9, eps: float = 1e-5, dtype=np.
         return input_shape[axis]
 
     def init(key, input_shape):
+        input_shape = checked_shape(name, input_shape)
         c = features(input_shape)
         params = {"gamma": np.ones(c, dtype), "beta": np.zeros(c, dtype)}
         state = {"mean": np.zeros(c, dtype), "var": np.ones(c, dtype)}
-        return tuple(input_shape), tree.freeze(params), tree.freeze(state)
+        return input_shape, tree.freeze(params), tree.freeze(state)
 
     def apply(params, x, *, state, key=None, train=False):
         c = features(checked_input(name, x).shape)

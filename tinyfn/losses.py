@@ -28,6 +28,15 @@ def _check_not_empty(loss: str, shape: tuple) -> None:
         raise ValueError(f"{loss}: expected a non-empty batch, found predictions of shape {shape}")
 
 
+def _as_numbers(loss: str, name: str, x):
+    """``x`` as an array (a traced value is kept as it is), after checking it holds real
+    numbers (bool, int or float); a TypeError naming the loss and the argument otherwise."""
+    x = x if type(x) is Node else np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"{loss}: expected numeric {name}, found dtype {x.dtype}")
+    return x
+
+
 def _reduce(per_item: np.ndarray, reduction: str):
     if reduction == "none":
         return per_item
@@ -129,8 +138,7 @@ def softmax_cross_entropy(logits, labels, reduction: str = "mean"):
     in the logits and in soft labels.
     """
     _check_reduction(reduction)
-    if type(logits) is not Node:
-        logits = np.asarray(logits)
+    logits = _as_numbers("softmax_cross_entropy", "logits", logits)
     logit_shape = logits.shape
     if len(logit_shape) < 1 or logit_shape[-1] < 1:
         raise ValueError(f"softmax_cross_entropy: expected logits (..., C) with C >= 1 classes, found shape {logit_shape}")
@@ -159,8 +167,17 @@ def softmax_cross_entropy(logits, labels, reduction: str = "mean"):
 # ----------------------------------------------------------------------------- binary cross-entropy
 
 
+def _check_targets(labels: np.ndarray) -> None:
+    # in the primitive rather than in the wrapper: under a static graph only primitives see each call's labels
+    if labels.size and not 0 <= labels.min() <= labels.max() <= 1:
+        raise ValueError(
+            f"binary_cross_entropy_with_logits: expected labels in [0, 1], found values from {labels.min()} to {labels.max()}"
+        )
+
+
 def _bce_impl(logits, labels, *, reduction):
     # -[y log s(z) + (1 - y) log(1 - s(z))] = max(z, 0) - z y + log(1 + exp(-|z|))
+    _check_targets(labels)
     per_item = np.maximum(logits, 0) - logits * labels + np.log1p(np.exp(-np.abs(logits)))
     return _reduce(per_item, reduction)
 
@@ -178,7 +195,7 @@ def _bce_vjp(g, res, needs):
 _binary_cross_entropy = Primitive(
     "binary_cross_entropy_with_logits",
     lambda logits, labels, *, reduction: (
-        _binary_cross_entropy(logits, labels, reduction=reduction),
+        _binary_cross_entropy(logits, labels, reduction=reduction),  # checks the labels on plain arrays
         (logits, labels, reduction),
     ),
     _bce_vjp,
@@ -193,14 +210,12 @@ def binary_cross_entropy_with_logits(logits, labels, reduction: str = "mean"):
     and 1.0); the mean is over all elements. Differentiable to any order.
     """
     _check_reduction(reduction)
-    logit_shape = np.shape(logits)
+    logits = _as_numbers("binary_cross_entropy_with_logits", "logits", logits)
+    logit_shape = logits.shape
     _check_not_empty("binary_cross_entropy_with_logits", logit_shape)
-    if type(labels) is not Node:
-        labels = np.asarray(labels)
-        if labels.dtype.kind in "biu":
-            labels = labels.astype(np.result_type(primal_value(logits)))
-        elif labels.dtype.kind != "f":
-            raise TypeError(f"binary_cross_entropy_with_logits: expected numeric labels in [0, 1], found dtype {labels.dtype}")
+    labels = _as_numbers("binary_cross_entropy_with_logits", "labels in [0, 1]", labels)
+    if type(labels) is not Node and labels.dtype.kind in "biu":
+        labels = labels.astype(np.result_type(primal_value(logits)))
     if np.shape(labels) != logit_shape:
         raise ValueError(
             f"binary_cross_entropy_with_logits: labels must have the logits' shape {logit_shape}, found {np.shape(labels)}"
@@ -234,6 +249,7 @@ def mse(predictions, targets, reduction: str = "mean"):
     ``predictions`` and ``targets`` have the same, non-empty shape. Differentiable to any order.
     """
     _check_reduction(reduction)
+    predictions, targets = _as_numbers("mse", "predictions", predictions), _as_numbers("mse", "targets", targets)
     if np.shape(predictions) != np.shape(targets):
         raise ValueError(f"mse: predictions have shape {np.shape(predictions)} but targets {np.shape(targets)}")
     _check_not_empty("mse", np.shape(predictions))

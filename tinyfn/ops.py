@@ -14,6 +14,20 @@ a rule reads from values (which entry won a ``max``, where ``relu``'s input was 
 are piecewise constant, so they are constants to every level.
 
 Importing this module also gives Nodes their operators (``+ - * / ** @``, indexing, ...).
+
+Bad arguments (shapes that do not broadcast, an axis out of range, a reshape to another size,
+an index out of bounds, a string where a number belongs) are not checked here before the work:
+these functions run thousands of times per training step, and numpy checks them anyway. When
+numpy raises inside a primitive, :class:`~tinyfn.autodiff.Primitive` raises the same built-in
+type (ValueError, TypeError or IndexError) from tinyfn instead, with the primitive's name,
+numpy's message and the shapes and dtypes it was given::
+
+    add: operands could not be broadcast together with shapes (2,3) (4,); called with a float64
+    array of shape (2, 3), a float64 array of shape (4,)
+
+That costs nothing measurable until something is raised (a ``try`` is free from Python 3.11
+on), and it covers every primitive, here and in the layers, convolutions and losses, traced or
+not. The wrappers that take an ``axis`` or a ``shape`` pass them on unchecked for the same reason.
 """
 
 from __future__ import annotations

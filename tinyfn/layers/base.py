@@ -7,7 +7,19 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-__all__ = ["Layer", "init_with_state", "apply_with_state", "ParamError", "checked_params", "checked_input"]
+from ..random import _is_int
+
+__all__ = [
+    "Layer",
+    "init_with_state",
+    "apply_with_state",
+    "ParamError",
+    "checked_params",
+    "checked_no_params",
+    "checked_input",
+    "checked_shape",
+    "checked_axis",
+]
 
 
 class _Pair(NamedTuple):
@@ -118,11 +130,41 @@ def checked_params(layer: str, params, expected: dict, tree: str = "params") -> 
     return found
 
 
+def checked_no_params(layer: str, params) -> None:
+    """Nothing if ``params`` is empty (``{}``, or None); the :class:`ParamError` of
+    :func:`checked_params` naming the layer, which has no parameters, otherwise."""
+    if params:
+        checked_params(layer, params, {})
+
+
 def checked_input(layer: str, x, min_ndim: int = 1):
-    """``x`` unchanged if it is an array (or traced value) with at least ``min_ndim`` axes;
-    a TypeError or ValueError naming the layer and what was found otherwise."""
+    """``x`` unchanged if it is a numeric array (or traced value) with at least ``min_ndim``
+    axes; a TypeError or ValueError naming the layer and what was found otherwise."""
     if not (hasattr(x, "shape") and hasattr(x, "dtype")):
         raise TypeError(f"{layer}: expected an array input, found {type(x).__name__}; convert it with np.asarray")
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"{layer}: expected an array of numbers, found dtype {x.dtype}")
     if len(x.shape) < min_ndim:
         raise ValueError(f"{layer}: expected an input with at least {min_ndim} axes, found shape {x.shape}")
     return x
+
+
+def checked_shape(layer: str, input_shape, min_ndim: int = 0) -> tuple:
+    """``input_shape`` (what ``init`` gets) as a tuple, after checking it is a tuple or list of
+    at least ``min_ndim`` sizes: ints >= 0, or -1 or None for a size not known yet (the batch).
+    A TypeError or ValueError naming the layer and what was found otherwise."""
+    if not (isinstance(input_shape, (tuple, list)) and all(d is None or _is_int(d) for d in input_shape)):
+        raise TypeError(f"{layer}: expected an input shape, a tuple of ints (-1 for any batch size), found {input_shape!r}")
+    shape = tuple(input_shape)
+    if any(d is not None and d < -1 for d in shape):
+        raise ValueError(f"{layer}: expected an input shape of sizes >= 0 (-1 for any batch size), found {shape}")
+    if len(shape) < min_ndim:
+        raise ValueError(f"{layer}: expected an input shape with at least {min_ndim} axes, found {_shape_str(shape)}")
+    return shape
+
+
+def checked_axis(layer: str, axis) -> int:
+    """``axis`` as an int (negative counting from the end), or a TypeError naming the layer."""
+    if not _is_int(axis):
+        raise TypeError(f"{layer}: axis must be an int, found {axis!r}")
+    return int(axis)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops, random, tree
-from .base import Layer, ParamError, _shape_str, apply_with_state, init_with_state
+from ..autodiff import _describe
+from ..random import _check_int
+from .base import Layer, ParamError, _shape_str, apply_with_state, checked_axis, checked_no_params, checked_shape, init_with_state
 
 __all__ = ["serial", "parallel", "fan_out", "fan_in_sum", "fan_in_concat", "residual", "summary"]
 
@@ -28,7 +30,31 @@ def _split_keys(key, count):
 def _check_layers(combinator: str, layers) -> None:
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
-            raise TypeError(f"{combinator}: argument {i} must be a Layer, found {type(layer).__name__}")
+            found = type(layer).__name__
+            if callable(layer) and hasattr(layer, "__name__"):  # Relu rather than Relu()
+                found += f" {layer.__name__}; call it to make the layer: {layer.__name__}()"
+            raise TypeError(f"{combinator}: argument {i} must be a Layer, found {found}")
+
+
+def _checked_shapes(combinator: str, input_shapes, count: int | None = None) -> list[tuple]:
+    """The input shapes of a combinator of several inputs, after checking they are a tuple (or
+    list) of ``count`` shapes (at least one when ``count`` is None)."""
+    if not (isinstance(input_shapes, (tuple, list)) and input_shapes and all(isinstance(s, (tuple, list)) for s in input_shapes)):
+        raise TypeError(f"{combinator}: expected a tuple of input shapes (one per input), found {input_shapes!r}")
+    if count is not None and len(input_shapes) != count:
+        raise ValueError(f"{combinator}: expected a tuple of {count} input shapes, found {len(input_shapes)}: {input_shapes}")
+    return [checked_shape(combinator, s) for s in input_shapes]
+
+
+def _checked_inputs(combinator: str, xs, count: int | None = None):
+    """``xs`` unchanged if it is a tuple (or list) of ``count`` inputs (at least one when
+    ``count`` is None); a TypeError or ValueError naming the combinator otherwise."""
+    if not isinstance(xs, (tuple, list)):
+        raise TypeError(f"{combinator}: expected a tuple of inputs (one per branch), found {_describe(xs)}")
+    if (count is None and not xs) or (count is not None and len(xs) != count):
+        expected = "at least one input" if count is None else f"{count} inputs"
+        raise ValueError(f"{combinator}: expected {expected}, found {len(xs)}")
+    return xs
 
 
 def _apply_child(layer: Layer, child: str, params, x, state, *, key, train) -> tuple:
@@ -87,6 +113,7 @@ def serial(*layers: Layer) -> Layer:
     Params: ``{"<name>_<i>": child params}``. The key passed to ``init``/``apply`` is split
     into one key per child.
     """
+    _check_layers("serial", layers)  # before the children's names are read
 
     def init_children(keys, input_shape):
         results, shape = [], tuple(input_shape)
@@ -122,16 +149,12 @@ def parallel(*layers: Layer) -> Layer:
     """Apply layer i to input i: a tuple of n inputs gives a tuple of n outputs."""
 
     def init_children(keys, input_shapes):
-        if not isinstance(input_shapes, (tuple, list)) or len(input_shapes) != len(layers) or not all(
-            isinstance(s, (tuple, list)) for s in input_shapes
-        ):
-            raise ValueError(f"parallel: expected a tuple of {len(layers)} input shapes, found {input_shapes}")
+        input_shapes = _checked_shapes("parallel", input_shapes, len(layers))
         results = [init_with_state(layer, k, s) for layer, k, s in zip(layers, keys, input_shapes)]
         return tuple(r[0] for r in results), results
 
     def apply_children(params, xs, states, keys, train):
-        if len(xs) != len(layers):
-            raise ValueError(f"parallel: expected {len(layers)} inputs, found {len(xs)}")
+        _checked_inputs("parallel", xs, len(layers))
         states = states or [{}] * len(layers)
         outs = [
             _apply_child(layer, child, p, x, s, key=k, train=train)
@@ -144,11 +167,13 @@ def parallel(*layers: Layer) -> Layer:
 
 def fan_out(n: int) -> Layer:
     """Copy the input into a tuple of ``n`` references (to feed ``parallel`` branches)."""
+    n = _check_int("fan_out: n", n, 1)
 
     def init(key, input_shape):
-        return tuple(tuple(input_shape) for _ in range(n)), {}
+        return (checked_shape("fan_out", input_shape),) * n, {}
 
     def apply(params, x, *, key=None, train=False):
+        checked_no_params("fan_out", params)
         return (x,) * n
 
     return Layer(init, apply, name="fan_out")
@@ -166,10 +191,11 @@ def fan_in_sum() -> Layer:
     """Sum a tuple of same-shaped inputs."""
 
     def init(key, input_shapes):
-        return _same_shapes("fan_in_sum", input_shapes), {}
+        return _same_shapes("fan_in_sum", _checked_shapes("fan_in_sum", input_shapes)), {}
 
     def apply(params, xs, *, key=None, train=False):
-        total = xs[0]
+        checked_no_params("fan_in_sum", params)
+        total = _checked_inputs("fan_in_sum", xs)[0]
         for x in xs[1:]:
             total = ops.add(total, x)
         return total
@@ -177,20 +203,30 @@ def fan_in_sum() -> Layer:
     return Layer(init, apply, name="fan_in_sum")
 
 
+def _other_axes(shape: tuple, axis: int) -> tuple | None:
+    """``shape`` without ``axis``, or None if it has no such axis."""
+    if not -len(shape) <= axis < len(shape):
+        return None
+    return tuple(n for i, n in enumerate(shape) if i != axis % len(shape))
+
+
 def fan_in_concat(axis: int = -1) -> Layer:
     """Concatenate a tuple of inputs along ``axis`` (other axes must match)."""
+    axis = checked_axis("fan_in_concat", axis)
+    label = f"fan_in_concat(axis={axis})"
 
     def init(key, input_shapes):
-        ndim = len(input_shapes[0])
-        ax = axis % ndim
-        rest = [tuple(d for i, d in enumerate(s) if i != ax) for s in input_shapes]
-        _same_shapes(f"fan_in_concat(axis={axis}) (all axes but {axis})", rest)
-        out = list(input_shapes[0])
-        out[ax] = sum(s[ax] for s in input_shapes)
+        shapes = _checked_shapes(label, input_shapes)
+        others = {_other_axes(s, axis) for s in shapes}
+        if None in others or len(others) > 1:
+            raise ValueError(f"{label}: expected inputs that have axis {axis} and match on every other axis, found {[_shape_str(s) for s in shapes]}")
+        out = list(shapes[0])
+        out[axis] = sum(s[axis] for s in shapes)
         return tuple(out), {}
 
     def apply(params, xs, *, key=None, train=False):
-        return ops.concatenate(xs, axis=axis)
+        checked_no_params(label, params)
+        return ops.concatenate(_checked_inputs(label, xs), axis=axis)
 
     return Layer(init, apply, name="fan_in_concat")
 

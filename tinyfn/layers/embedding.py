@@ -34,7 +34,7 @@ from numba import njit
 from .. import initializers, ops, tree
 from ..autodiff import Primitive
 from ..random import _check_int
-from .base import Layer, _shape_str, checked_input, checked_params
+from .base import Layer, _shape_str, checked_input, checked_no_params, checked_params, checked_shape
 
 __all__ = ["embedding_lookup", "sinusoidal_table", "Embedding", "PositionalEmbedding", "SinusoidalPositionalEncoding"]
 
@@ -131,7 +131,7 @@ def Embedding(vocab_size: int, dim: int, w_init=initializers.normal(1.0), dtype=
     label = f"Embedding({vocab_size}, {dim})"
 
     def init(key, input_shape):
-        return tuple(input_shape) + (dim,), tree.freeze({"w": w_init(key, (vocab_size, dim), dtype)})
+        return checked_shape(label, input_shape) + (dim,), tree.freeze({"w": w_init(key, (vocab_size, dim), dtype)})
 
     def apply(params, ids, *, key=None, train=False):
         (w,) = checked_params(label, params, {"w": (vocab_size, dim)})
@@ -164,8 +164,9 @@ def PositionalEmbedding(max_len: int, dim: int, w_init=initializers.normal(1.0),
     label = f"PositionalEmbedding({max_len}, {dim})"
 
     def init(key, input_shape):
-        _sequence_length(label, input_shape, max_len, dim)
-        return tuple(input_shape), tree.freeze({"w": w_init(key, (max_len, dim), dtype)})
+        shape = checked_shape(label, input_shape)
+        _sequence_length(label, shape, max_len, dim)
+        return shape, tree.freeze({"w": w_init(key, (max_len, dim), dtype)})
 
     def apply(params, x, *, key=None, train=False):
         (w,) = checked_params(label, params, {"w": (max_len, dim)})
@@ -178,6 +179,7 @@ def PositionalEmbedding(max_len: int, dim: int, w_init=initializers.normal(1.0),
 def sinusoidal_table(max_len: int, dim: int) -> np.ndarray:
     """The position encodings of Vaswani et al. (2017): a float64 array (max_len, dim) with
     ``table[t, 2i] = sin(t / 10000^(2i/dim))`` and ``table[t, 2i+1] = cos(t / 10000^(2i/dim))``."""
+    max_len, dim = _check_int("sinusoidal_table: max_len", max_len), _check_int("sinusoidal_table: dim", dim, 1)
     angles = np.arange(max_len)[:, None] / 10000.0 ** (np.arange(0, dim, 2) / dim)
     table = np.empty((max_len, dim))
     table[:, 0::2] = np.sin(angles)
@@ -197,12 +199,12 @@ def SinusoidalPositionalEncoding(max_len: int, dim: int) -> Layer:
     table = sinusoidal_table(max_len, dim)
 
     def init(key, input_shape):
-        _sequence_length(label, input_shape, max_len, dim)
-        return tuple(input_shape), {}
+        shape = checked_shape(label, input_shape)
+        _sequence_length(label, shape, max_len, dim)
+        return shape, {}
 
     def apply(params, x, *, key=None, train=False):
-        if params:
-            checked_params(label, params, {})  # raises: this layer has no parameters
+        checked_no_params(label, params)
         length = _sequence_length(label, checked_input(label, x, 2).shape, max_len, dim)
         return ops.add(x, table[:length].astype(x.dtype, copy=False))
 

@@ -6,7 +6,8 @@ import numpy as np
 
 from .. import initializers, ops, random, tree
 from ..autodiff import Primitive
-from .base import Layer, checked_input, checked_params
+from ..random import _check_int
+from .base import Layer, checked_input, checked_params, checked_shape
 
 __all__ = ["dense", "Dense"]
 
@@ -68,8 +69,7 @@ def Dense(
     The output dtype follows numpy's promotion: float32 params on a float64 input give a
     float64 output (cast the input to the params' dtype to compute in float32).
     """
-    if not (isinstance(out_features, (int, np.integer)) and out_features > 0):
-        raise ValueError(f"Dense: out_features must be a positive int, found {out_features!r}")
+    out_features = _check_int("Dense: out_features", out_features, 1)
     if activation not in _ACTIVATIONS:
         raise ValueError(f"Dense: activation must be one of {_ACTIVATIONS}, found {activation!r}")
     relu = activation == "relu"
@@ -77,15 +77,16 @@ def Dense(
     expected = {"w": (None, out_features), "b": (out_features,)}
 
     def init(key, input_shape):
-        if len(input_shape) < 1 or input_shape[-1] is None or input_shape[-1] < 1:
-            raise ValueError(f"Dense({out_features}): expected an input shape (batch, features), found {input_shape}")
+        shape = checked_shape(name, input_shape)
+        if len(shape) < 1 or shape[-1] is None or shape[-1] < 1:
+            raise ValueError(f"{name}: expected an input shape (batch, features), found {shape}")
         w_key, b_key = random.split(key)
-        in_features = input_shape[-1]
+        in_features = shape[-1]
         params = {
             "w": w_init(w_key, (in_features, out_features), dtype),
             "b": b_init(b_key, (out_features,), dtype),
         }
-        return tuple(input_shape[:-1]) + (out_features,), tree.freeze(params)
+        return shape[:-1] + (out_features,), tree.freeze(params)
 
     def apply(params, x, *, key=None, train=False):
         w, b = checked_params(name, params, expected)

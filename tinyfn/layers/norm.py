@@ -26,7 +26,7 @@ from numba import njit
 from .. import ops, tree
 from ..autodiff import Primitive
 from ..random import _check_real
-from .base import Layer, _shape_str, checked_input, checked_params
+from .base import Layer, _shape_str, checked_axis, checked_input, checked_params, checked_shape
 
 __all__ = ["layer_norm", "rms_norm", "LayerNorm", "RMSNorm"]
 
@@ -214,13 +214,14 @@ def _norm_layer(label: str, name: str, axis: int, param_names: tuple, normalize,
 
     def features(input_shape) -> int:
         """The size of the normalised axis of an input of ``input_shape``."""
-        if not -len(input_shape) <= axis < len(input_shape) or not input_shape[axis] >= 1:
+        if not -len(input_shape) <= axis < len(input_shape) or input_shape[axis] is None or input_shape[axis] < 1:
             raise ValueError(f"{label}: expected an input with at least one feature along axis {axis}, found shape {_shape_str(input_shape)}")
         return input_shape[axis]
 
     def init(key, input_shape):
-        d = features(input_shape)
-        return tuple(input_shape), tree.freeze({p: np.full(d, fills[p], dtype) for p in param_names})
+        shape = checked_shape(label, input_shape)
+        d = features(shape)
+        return shape, tree.freeze({p: np.full(d, fills[p], dtype) for p in param_names})
 
     def apply(params, x, *, key=None, train=False):
         d = features(checked_input(label, x).shape)
@@ -243,7 +244,7 @@ def LayerNorm(axis: int = -1, eps: float = 1e-5, dtype=np.float32) -> Layer:
     ``weight`` and ``bias``, with ``d = x.shape[axis]``. Input any shape with that axis;
     output the same shape. The same with ``train`` True or False (no batch statistics).
     """
-    eps = _check_real("LayerNorm: eps", eps, 0.0)
+    axis, eps = checked_axis("LayerNorm", axis), _check_real("LayerNorm: eps", eps, 0.0)
     label = f"LayerNorm(axis={axis})"
     return _norm_layer(label, "layer_norm", axis, ("gamma", "beta"), lambda x, g, b: layer_norm(x, g, b, eps), dtype)
 
@@ -257,6 +258,6 @@ def RMSNorm(axis: int = -1, eps: float = 1e-6, dtype=np.float32) -> Layer:
     input's dtype (``np.finfo(np.float32).eps`` for float32): pass that to match it.
     Input any shape with that axis; output the same shape.
     """
-    eps = _check_real("RMSNorm: eps", eps, 0.0)
+    axis, eps = checked_axis("RMSNorm", axis), _check_real("RMSNorm: eps", eps, 0.0)
     label = f"RMSNorm(axis={axis})"
     return _norm_layer(label, "rms_norm", axis, ("gamma",), lambda x, g: rms_norm(x, g, eps), dtype)
