@@ -210,3 +210,5 @@ def test_gelu_matches_the_normal_cdf_formula_and_its_derivatives(x):
     np.testing.assert_allclose(vjp(lambda x: exact.apply({}, x), x)[1](np.ones_like(x))[0], phi(x) + x * density(x), rtol=1e-10, atol=1e-12)
     check_grads(lambda x: exact.apply({}, x), (x,), order=2)
     check_grads(lambda x: approx.apply({}, x), (x,), order=2)
+    for layer in (exact, approx):  # the constants must not promote float32 to float64
+        assert layer.apply({}, x.astype(np.float32)).dtype == np.float32

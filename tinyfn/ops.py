@@ -33,6 +33,7 @@ not. The wrappers that take an ``axis`` or a ``shape`` pass them on unchecked fo
 from __future__ import annotations
 
 import builtins
+import math
 
 import numpy as np
 from numpy.lib.array_utils import normalize_axis_tuple
@@ -187,7 +188,7 @@ softplus = Primitive(
 erf = Primitive(
     "erf",
     lambda x: (erf(x), x),
-    lambda g, x, needs: (g * (2 / np.sqrt(np.pi)) * exp(-x * x),),  # d/dx erf(x) = 2/sqrt(pi) e^(-x^2)
+    lambda g, x, needs: (g * (2 / math.sqrt(math.pi)) * exp(-x * x),),  # d/dx erf(x) = 2/sqrt(pi) e^(-x^2)
     impl=_erf_kernel,
 )
 """The error function, elementwise (a Numba kernel; exact GELU is ``x * (1 + erf(x / sqrt 2)) / 2``)."""
@@ -198,11 +199,12 @@ def gelu(x, approximate: bool = False):
 
     Exact: ``x * (1 + erf(x / sqrt(2))) / 2``. With ``approximate=True``, the tanh form of
     Hendrycks and Gimpel: ``x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))) / 2`` (PyTorch's
-    ``approximate="tanh"``). Written with primitives, so differentiable to any order.
+    ``approximate="tanh"``). Written with primitives, so differentiable to any order; the
+    constants are Python floats, so float32 stays float32.
     """
     if approximate:
-        return 0.5 * x * (1 + tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x * x * x)))
-    return 0.5 * x * (1 + erf(x * (1 / np.sqrt(2))))
+        return 0.5 * x * (1 + tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)))
+    return 0.5 * x * (1 + erf(x * (1 / math.sqrt(2))))
 
 
 def _leaky_relu_vjp(g, res, needs):
