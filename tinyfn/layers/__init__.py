@@ -25,17 +25,21 @@ training helpers use.
 
 One topic a module: :mod:`~tinyfn.layers.base` (the contract and its checks),
 :mod:`~tinyfn.layers.linear` (Dense), :mod:`~tinyfn.layers.activations`,
-:mod:`~tinyfn.layers.combinators`, :mod:`~tinyfn.layers.norm` (LayerNorm, RMSNorm) and
-:mod:`~tinyfn.layers.embedding` (token and position embeddings); each fused primitive sits
-beside its layer.
+:mod:`~tinyfn.layers.combinators`, :mod:`~tinyfn.layers.norm` (LayerNorm, RMSNorm),
+:mod:`~tinyfn.layers.embedding` (token and position embeddings),
+:mod:`~tinyfn.layers.attention` (scaled dot-product attention, MultiHeadAttention,
+TransformerBlock) and :mod:`~tinyfn.layers.recurrent` (scan, RNN, LSTM and GRU cells and
+layers); each fused primitive sits beside its layer.
 """
 
 from .activations import GELU, Dropout, Flatten, Identity, LeakyRelu, LogSoftmax, Relu, Sigmoid, Softmax, Softplus, Tanh
+from .attention import MultiHeadAttention, TransformerBlock, scaled_dot_product_attention
 from .base import Layer, ParamError, apply_with_state, checked_input, checked_params, init_with_state
 from .combinators import fan_in_concat, fan_in_sum, fan_out, parallel, residual, serial, summary
 from .embedding import Embedding, PositionalEmbedding, SinusoidalPositionalEncoding, embedding_lookup, sinusoidal_table
 from .linear import Dense, dense
 from .norm import LayerNorm, RMSNorm, layer_norm, rms_norm
+from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, Scan, scan
 
 __all__ = [
     "Layer",
@@ -73,4 +77,15 @@ __all__ = [
     "PositionalEmbedding",
     "sinusoidal_table",
     "SinusoidalPositionalEncoding",
+    "scaled_dot_product_attention",
+    "MultiHeadAttention",
+    "TransformerBlock",
+    "scan",
+    "Scan",
+    "RNNCell",
+    "LSTMCell",
+    "GRUCell",
+    "RNN",
+    "LSTM",
+    "GRU",
 ]
