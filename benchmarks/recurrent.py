@@ -261,7 +261,7 @@ def main(argv=None) -> dict:
     print(f"benchmark time: {time.perf_counter() - start:.0f} s")
     return {
         "samples_per_s": {n: timings[n].per_second(BATCH).as_dict() for n in names},
-        "speed_vs_torch": {n: timings[n].speed_vs_reference().as_dict() for n in names if "torch" in names},
+        "speed_vs_torch": {n: timings[n].speed_vs_reference().as_dict() for n in names} if "torch" in names else {},
         "step_product_us": {n: s.as_dict() for n, s in products.items()},
         "losses": losses,
         "foreign_cpu": foreign,

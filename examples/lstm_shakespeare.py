@@ -25,7 +25,6 @@ import numpy as np
 
 import tinyfn
 from tinyfn import datasets, layers, losses, ops, optim, random
-from tinyfn.layers.recurrent import LSTM
 
 SHARED_COPY = Path("/work/shared/data/shakespeare.txt.gz")
 
@@ -49,7 +48,7 @@ class CharModel:
         self.alphabet = alphabet
         self.index = {ch: i for i, ch in enumerate(alphabet)}
         self.embed = layers.Embedding(len(alphabet), embedding)
-        self.lstm = LSTM(hidden, return_state=True)
+        self.lstm = layers.LSTM(hidden, return_state=True)
         self.head = layers.Dense(len(alphabet))
         self.sizes = (embedding, hidden)
 

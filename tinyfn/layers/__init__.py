@@ -39,7 +39,7 @@ from .combinators import fan_in_concat, fan_in_sum, fan_out, parallel, residual,
 from .embedding import Embedding, PositionalEmbedding, SinusoidalPositionalEncoding, embedding_lookup, sinusoidal_table
 from .linear import Dense, dense
 from .norm import LayerNorm, RMSNorm, layer_norm, rms_norm
-from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, Scan, scan
+from .recurrent import GRU, LSTM, RNN, Cell, GRUCell, LSTMCell, RNNCell, Scan, project, recurrence, scan
 
 __all__ = [
     "Layer",
@@ -82,6 +82,9 @@ __all__ = [
     "TransformerBlock",
     "scan",
     "Scan",
+    "Cell",
+    "project",
+    "recurrence",
     "RNNCell",
     "LSTMCell",
     "GRUCell",

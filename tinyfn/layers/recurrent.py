@@ -7,7 +7,7 @@ carry of the previous step and the input of this step to a new carry and an outp
 
 >>> import numpy as np
 >>> from tinyfn import random
->>> from tinyfn.layers.recurrent import LSTM
+>>> from tinyfn.layers import LSTM
 >>> init, apply = LSTM(16)
 >>> out_shape, params = init(random.key(0), (-1, 10, 8))   # x: (batch, T=10, in=8)
 >>> out_shape, params["weight_ih"].shape                  # PyTorch's layout: (4 * 16, 8)
