@@ -16,7 +16,6 @@ The figure in docs/ is `python examples/lstm_shakespeare.py docs`.
 """
 
 import argparse
-import gzip
 import math
 import time
 from pathlib import Path
@@ -26,18 +25,10 @@ import numpy as np
 import tinyfn
 from tinyfn import datasets, layers, losses, ops, optim, random
 
-SHARED_COPY = Path("/work/shared/data/shakespeare.txt.gz")
-
 
 def load_text(split: str) -> str:
-    """``"train"`` (the first 90%) or ``"validation"`` (the last 10%) of the text: from
-    ``tinyfn.datasets.shakespeare``, or until tinyfn ships it, from the shared copy of the file."""
-    if hasattr(datasets, "shakespeare"):
-        return datasets.shakespeare(split)
-    with gzip.open(SHARED_COPY, "rt", encoding="utf-8") as f:
-        text = f.read()
-    cut = len(text) - round(0.1 * len(text))
-    return text[:cut] if split == "train" else text[cut:]
+    """``"train"`` (the first 90%) or ``"validation"`` (the last 10%) of the shipped text."""
+    return datasets.shakespeare(split)
 
 
 class CharModel:

@@ -127,3 +127,13 @@ def test_unshuffled_batches_need_no_key_and_shuffled_ones_say_they_do():
     assert order == [[0, 1], [2, 3], [4]]
     with pytest.raises(TypeError, match="shuffle=True needs a PRNG key"):
         datasets.batches(None, x, y, 2)
+
+
+def test_shakespeare_ships_with_the_package_and_splits_by_position():
+    text = datasets.shakespeare()
+    train, validation = datasets.shakespeare("train"), datasets.shakespeare("validation")
+    assert len(text) == 1_154_883 and len(set(text)) == 62
+    assert train + validation == text and len(validation) == round(0.1 * len(text))
+    assert text.startswith(train) and "Hamlet:" in text
+    with pytest.raises(ValueError, match="expected split to be one of"):
+        datasets.shakespeare("test")

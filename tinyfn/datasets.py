@@ -1,10 +1,11 @@
 """Data: the small data sets shipped with tinyfn, an IDX (MNIST format) reader, splitting,
-standardisation and mini-batches.
+standardisation, mini-batches, and windows of a sequence for language models.
 
 Shipped data (in ``tinyfn/data/``, credited in the README):
 
 * :func:`iris`: Fisher's Iris, 150 samples x 4 features, 3 classes.
 * :func:`digits`: UCI handwritten digits, 1,797 samples of 8x8 pixels (0..16), 10 classes.
+* :func:`shakespeare`: the speeches of nine Shakespeare plays, 1,154,883 characters of text.
 
 Samples are on axis 0 of numpy arrays (lists are converted). Bad arguments raise ``TypeError``
 or ``ValueError`` naming what was expected and what was found: ``x`` and ``y`` of different
@@ -28,6 +29,10 @@ from .random import _check_int, _check_key, _check_real
 __all__ = [
     "iris",
     "digits",
+    "shakespeare",
+    "split_by_position",
+    "windows_at",
+    "random_windows",
     "train_test_split",
     "Standardizer",
     "standardize",
@@ -58,6 +63,72 @@ def digits(images: bool = False) -> tuple[np.ndarray, np.ndarray]:
         table = np.loadtxt(text, delimiter=",", dtype=np.float32)
     x, y = table[:, :64], table[:, 64].astype(np.int64)
     return (x.reshape(-1, 1, 8, 8) if images else x), y
+
+
+def shakespeare(split: str | None = None) -> str:
+    """The speeches of nine Shakespeare plays as one text: each speech is ``Speaker:`` on a
+    line of its own, then its lines, then a blank line (stage directions removed).
+
+    The plays, in order: Hamlet, Macbeth, King Lear, Othello, Romeo and Juliet, Julius Caesar,
+    Richard III, A Midsummer Night's Dream, The Tempest: 1,154,883 characters, 62 distinct
+    (ASCII). ``split`` is None (the whole text), ``"train"`` (the first 90%) or
+    ``"validation"`` (the last 10%), split by position as :func:`split_by_position` does.
+    """
+    splits = (None, "train", "validation")
+    if split not in splits:
+        raise ValueError(f"shakespeare: expected split to be one of {splits}, found {split!r}")
+    with _data_file("shakespeare.txt.gz").open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as f:
+        text = f.read()
+    if split is None:
+        return text
+    train, validation = split_by_position(text)
+    return train if split == "train" else validation
+
+
+def split_by_position(sequence, validation_fraction: float = 0.1):
+    """``(train, validation)``: the first ``1 - validation_fraction`` of ``sequence`` (a str or
+    an array, along axis 0) and the rest, ``0 < validation_fraction < 1``.
+
+    A sequence is split by position, not shuffled: windows of a text overlap, so windows
+    drawn from one shuffled pool would put copies of the training text into the validation
+    set. The validation part has ``round(validation_fraction * len(sequence))`` items.
+    """
+    _check_real("split_by_position: validation_fraction", validation_fraction, 0.0, 1.0, open_low=True, open_high=True)
+    cut = len(sequence) - round(validation_fraction * len(sequence))
+    return sequence[:cut], sequence[cut:]
+
+
+def windows_at(ids, starts, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """The windows of ``length + 1`` ids of ``ids`` (1-D) that begin at ``starts`` (N,), as
+    ``(inputs, targets)``, both ``(N, length)``: ``targets[n, t] = inputs[n, t + 1]``, the id
+    that follows. Each start must leave room for its window: ``0 <= start <= len(ids) - length - 1``.
+    """
+    ids, starts = np.asarray(ids), np.asarray(starts)
+    length = _check_int("windows_at: length", length, 1)
+    if ids.ndim != 1:
+        raise ValueError(f"windows_at: expected a 1-D sequence of ids, found shape {ids.shape}")
+    last = len(ids) - length - 1
+    if starts.ndim != 1 or starts.dtype.kind not in "iu" or (starts.size and (starts.min() < 0 or starts.max() > last)):
+        raise ValueError(
+            f"windows_at: expected a 1-D array of integer starts in [0, {last}] (windows of {length} + 1 ids in "
+            f"{len(ids)}), found {starts.dtype} array of shape {starts.shape} with values {starts[:5].tolist()}"
+        )
+    windows = ids[starts[:, None] + np.arange(length + 1)]
+    return windows[:, :-1], windows[:, 1:]
+
+
+def random_windows(key, ids, batch_size: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """A batch of ``batch_size`` windows of ``ids`` (1-D) at starts drawn uniformly from ``key``:
+    ``(inputs, targets)``, both ``(batch_size, length)``, the targets the inputs shifted by
+    one (see :func:`windows_at`). The same key gives the same batch; draw the batch of step
+    ``i`` from ``random.fold_in(key, i)``.
+    """
+    batch_size = _check_int("random_windows: batch_size", batch_size, 1)
+    length = _check_int("random_windows: length", length, 1)
+    if np.ndim(ids) != 1 or len(ids) < length + 1:
+        raise ValueError(f"random_windows: expected a 1-D sequence of at least {length + 1} ids (length + 1), found "
+                         f"shape {np.shape(ids)}")
+    return windows_at(ids, random.randint(key, (batch_size,), 0, len(ids) - length), length)
 
 
 def _samples(name: str, x, y) -> tuple[np.ndarray, np.ndarray]:
