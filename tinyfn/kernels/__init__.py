@@ -5,6 +5,8 @@
 * :mod:`~tinyfn.kernels.activation`: the fused bias + ReLU that ends a convolution, and its VJP;
 * :mod:`~tinyfn.kernels.elementwise`: the fused SGD update and ReLU VJP of the dense path;
 * :mod:`~tinyfn.kernels.special`: the error function ``erf`` (numpy has none);
+* :mod:`~tinyfn.kernels.attention`: scaled dot-product attention and its VJP, per head on
+  contiguous operands, with a fused softmax;
 * :mod:`~tinyfn.kernels.threads`: splits a batch over the cores, one slice per thread;
 * :mod:`~tinyfn.kernels.memory`: keeps freed memory for reuse (no page faults on the big
   temporaries of each step; see there, and set ``TINYFN_KEEP_FREED_MEMORY=0`` to opt out);
@@ -20,7 +22,7 @@ These functions take and return plain numpy arrays; the differentiable primitive
 them are in :mod:`tinyfn.conv`.
 """
 
-from . import activation, conv, elementwise, memory, pool, reference, special, threads
+from . import activation, attention, conv, elementwise, memory, pool, reference, special, threads
 from .activation import bias_relu_, bias_relu_vjp
 from .conv import (
     col2im,
@@ -36,6 +38,7 @@ from .pool import avg_pool2d, avg_pool2d_vjp, max_pool2d, max_pool2d_vjp, pool_o
 
 __all__ = [
     "activation",
+    "attention",
     "conv",
     "elementwise",
     "memory",
