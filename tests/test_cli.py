@@ -80,6 +80,15 @@ def test_resume_with_other_settings_is_refused(tmp_path, capsys):
     assert "lr: saved 0.1, now 0.3" in error and "--extend" not in error
 
 
+def test_flags_of_the_other_kind_of_task_are_refused(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", "iris", "--steps", "100", "--eval-every", "10", "--out", out, "--no-progress"]) == 2
+    assert "--steps, --eval-every: the iris task trains by epochs, so its flags are --epochs, --patience, --monitor" in capsys.readouterr().err
+    assert main(["train", "shakespeare-char", "--epochs", "3", "--out", out, "--no-progress"]) == 2
+    assert "--epochs: the shakespeare-char task trains by steps, so its flags are --steps, --eval-every" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_extend_of_a_constant_schedule_is_the_longer_run(tmp_path, capsys):
     short, long = tmp_path / "short", tmp_path / "long"
     _train("iris", "--epochs", "5", "--out", str(long))

@@ -81,6 +81,50 @@ def test_a_nan_in_the_data_stops_training_naming_the_epoch_and_step():
     assert all(np.isnan(leaf).all() for leaf in tree.leaves(state["params"]))
 
 
+def _counting_step(total, batch):
+    """A step whose state is the sum of the batches seen and whose loss is the batch."""
+    return total + batch, {"loss": batch}
+
+
+def test_train_steps_makes_a_row_every_eval_every_steps_and_resumes_from_the_last_one(tmp_path):
+    batch_at = lambda i: float(i)  # the batch of step i (from 0) is the number i
+    seen = []
+    validate = lambda total: seen.append(total) or {"loss": -total}
+    state, history = train.train_steps(_counting_step, 0.0, batch_at, steps=7, eval_every=3, validate=validate, log=None)
+    assert state == sum(range(7)) and seen == [0 + 1 + 2, 15, 21]
+    assert history["step"] == [3, 6, 7]
+    assert history["train_loss"] == [1.0, 4.0, 6.0]  # the mean loss of steps 0-2, 3-5 and 6
+    assert history["val_loss"] == [-3.0, -15.0, -21.0]
+
+    hook = train.save_checkpoints(tmp_path, monitor="val_loss", metadata={"run": "a"})
+    stop_after_two_rows = lambda total, h: len(h["step"]) == 2
+    partial, partial_history = train.train_steps(
+        _counting_step, 0.0, batch_at, steps=7, eval_every=3, validate=validate, hooks=[hook, stop_after_two_rows], log=None
+    )
+    assert partial == 15 and partial_history["step"] == [3, 6]
+    assert checkpoint.read_metadata(tmp_path / "checkpoint.msgpack") == {"run": "a", "step": 6}
+    saved = checkpoint.load(tmp_path / "checkpoint.msgpack")
+    resumed, resumed_history = train.train_steps(
+        _counting_step, float(saved["state"]), batch_at, steps=7, eval_every=3, validate=validate,
+        history=saved["history"], log=None,
+    )
+    assert resumed == state and resumed_history == history | {"seconds": resumed_history["seconds"]}
+    lines = []
+    train.train_steps(_counting_step, 0.0, batch_at, steps=12, eval_every=5, log=lines.append)
+    assert [line.rsplit("  ", 1)[0] for line in lines] == [  # all but the seconds
+        "step  5/12  train_loss 2.0000", "step 10/12  train_loss 7.0000", "step 12/12  train_loss 10.5000"
+    ]
+    with pytest.raises(ValueError, match="train_steps: eval_every must be a positive int, found 0"):
+        train.train_steps(_counting_step, 0.0, batch_at, steps=7, eval_every=0)
+
+
+def test_a_nan_loss_stops_training_by_steps_naming_the_step():
+    batch_at = lambda i: np.nan if i == 4 else float(i)
+    with pytest.raises(train.NonFiniteLossError, match="^step 5 of 9: the training loss is nan") as error:
+        train.train_steps(_counting_step, 0.0, batch_at, steps=9, eval_every=2, log=None)
+    assert (error.value.epoch, error.value.step, error.value.state) == (None, 5, 0.0 + 1 + 2 + 3)
+
+
 def test_metrics_fit_the_loss():
     x = random.normal(random.key(0), (40, 3))
     y = x @ np.array([[1.0], [-2.0], [0.5]], np.float32)

@@ -26,3 +26,19 @@ def test_plot_comparison_and_errors(tmp_path):
         viz.plot_comparison({"a": HISTORY, "b": {"epoch": [1], "val_loss": [1.0]}}, tmp_path / "x.png")
     with pytest.raises(ValueError, match="nothing to plot"):
         viz.plot_history({"epoch": [1], "other": [2]}, tmp_path / "y.png")
+
+
+def test_plot_history_of_a_run_by_steps_puts_steps_on_the_x_axis(tmp_path, monkeypatch):
+    drawn = {}
+    real_draw = viz._draw_panels
+
+    def spy(panels, path, title, xlabel="epoch"):
+        drawn.update(xlabel=xlabel, xs=[xs for _, lines in panels for _, xs, _ in lines])
+        return real_draw(panels, path, title, xlabel)
+
+    monkeypatch.setattr(viz, "_draw_panels", spy)
+    history = {"step": [250, 500], "train_loss": [2.5, 1.9], "val_loss": [2.1, 1.9]}
+    assert viz.plot_history(history, tmp_path / "steps.png").read_bytes()[:4] == b"\x89PNG"
+    assert drawn["xlabel"] == "step" and all(list(xs) == [250, 500] for xs in drawn["xs"])
+    viz.plot_history(HISTORY, tmp_path / "epochs.png")
+    assert drawn["xlabel"] == "epoch" and all(list(xs) == [1, 2, 3] for xs in drawn["xs"])

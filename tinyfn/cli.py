@@ -7,20 +7,30 @@
     tinyfn eval runs/digits/checkpoint.msgpack   # test loss and accuracy of a saved run
     tinyfn inspect runs/digits/checkpoint.msgpack
     tinyfn plot runs/digits                      # redraw the curves
+    tinyfn train shakespeare-char                # a small GPT on Shakespeare, by steps
+    tinyfn sample runs/shakespeare-char --tokens 500 --temperature 0.8 --seed 1 --prompt "Hamlet:"
 
 A run folder holds ``checkpoint.msgpack`` (the latest training state and history),
 ``best.msgpack`` (the state at the best epoch by ``--monitor``), ``history.json`` and
 ``curves.png``.
 
+**Epochs and steps.** The classification tasks train by epochs. A text task
+(``shakespeare-char``) trains by steps, each on a batch of windows drawn at random from the
+text, with ``--steps`` in all and a validation (and a row of the history, and a checkpoint)
+every ``--eval-every`` steps; its ``best.msgpack`` is the row of lowest validation loss.
+Where this help says epochs, read evaluations for such a run (``--checkpoint-every``).
+
 **What a run is.** The settings its numbers depend on (task, seed, batch size, learning
-rate, optimizer, schedule, weight decay, epochs, patience, monitor) are the run's
-configuration, saved in its checkpoints. ``--resume`` continues a run with that
-configuration: a flag left out takes its saved value and a flag given with another value is
-refused, so a resumed run ends bit for bit where the uninterrupted run would have.
-``--extend`` is the one way to change a saved run: it resumes it and trains it up to a
-larger ``--epochs``. The learning-rate schedule keeps the length it was made with, so the
-added epochs use its final rate (the same rate for ``constant``, 1% of it for ``step``;
-``cosine`` and ``warmup-cosine`` end at 0, so such runs cannot be extended).
+rate, optimizer, schedule, weight decay, epochs, patience, monitor; or steps and eval-every)
+are the run's configuration, saved in its checkpoints with, for a text task, the model's
+settings and the vocabulary (which is how ``tinyfn sample`` rebuilds the model).
+``--resume`` continues a run with that configuration: a flag left out takes its saved value
+and a flag given with another value is refused, so a resumed run ends bit for bit where the
+uninterrupted run would have. ``--extend`` is the one way to change a saved run: it resumes
+it and trains it up to a larger ``--epochs`` (``--steps``). The learning-rate schedule keeps
+the length it was made with, so the added epochs use its final rate (the same rate for
+``constant``, 1% of it for ``step``; ``cosine`` and ``warmup-cosine`` end at 0, so such runs
+cannot be extended).
 
 A mistake in the command line or in the files it names ends the command with one line,
 ``tinyfn COMMAND: error: ...``, on stderr and exit status 2.
@@ -38,12 +48,20 @@ import numpy as np
 
 from . import __version__, checkpoint, datasets, optim, random, train, tree
 from .layers import init_with_state, summary
-from .tasks import TASKS, get_task
+from .tasks import TASKS, LanguageTask, get_task
+from .text import CharTokenizer, generate
 
-# The settings of a run that a flag can give; with "task" and "schedule_epochs" (the length
-# of the learning-rate schedule, which only --extend makes differ from "epochs") they are
-# the configuration saved in the run's checkpoints.
-_RUN_FLAGS = ("seed", "batch_size", "lr", "optimizer", "schedule", "weight_decay", "epochs", "patience", "monitor")
+# The settings of a run that a flag can give: those of every task, then those of the tasks
+# trained by epochs and of those trained by steps. With "task" and the length of the
+# learning-rate schedule ("schedule_epochs" or "schedule_steps", which only --extend makes
+# differ from "epochs" or "steps") they are the configuration saved in the run's checkpoints.
+_RUN_FLAGS = ("seed", "batch_size", "lr", "optimizer", "schedule", "weight_decay")
+_EPOCH_FLAGS = ("epochs", "patience", "monitor")
+_STEP_FLAGS = ("steps", "eval_every")
+
+# What `tinyfn sample` writes when its flags are left out; `tinyfn train` ends a text task
+# with this sample.
+SAMPLE_DEFAULTS = {"prompt": "\n\n", "tokens": 500, "temperature": 0.8, "seed": 0}
 
 SCHEDULES = ("constant", "cosine", "warmup-cosine", "step")
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad")
@@ -96,14 +114,34 @@ def make_optimizer(name: str, learning_rate, weight_decay: float):
 # ----------------------------------------------------------------------------- the run's configuration
 
 
+def _unit(task) -> str:
+    """What a run of ``task`` counts: ``"steps"`` for a text task, ``"epochs"`` for the others."""
+    return "steps" if isinstance(task, LanguageTask) else "epochs"
+
+
+def _default_optimizer(task) -> str:
+    return "adamw" if isinstance(task, LanguageTask) else "sgd"
+
+
 def _task_defaults(task, optimizer: str) -> dict:
-    """The settings of a new run of ``task`` that the command line leaves out."""
+    """The settings of a new run of ``task`` with ``optimizer`` that the command line leaves out."""
+    if isinstance(task, LanguageTask):
+        return {
+            "seed": 0,
+            "batch_size": task.batch_size,
+            "lr": task.lr,
+            "optimizer": _default_optimizer(task),
+            "schedule": "warmup-cosine",
+            "weight_decay": task.weight_decay if optimizer == "adamw" else 0.0,
+            "steps": task.steps,
+            "eval_every": task.eval_every,
+        }
     adaptive = optimizer in ("adam", "adamw", "rmsprop")
     return {
         "seed": 0,
         "batch_size": task.batch_size,
         "lr": 1e-3 if adaptive else task.lr if optimizer == "sgd" else task.lr / 2,
-        "optimizer": "sgd",
+        "optimizer": _default_optimizer(task),
         "schedule": "constant",
         "weight_decay": 1e-4 if optimizer == "adamw" else 0.0,
         "epochs": task.epochs,
@@ -117,28 +155,38 @@ def run_config(args, task, saved: dict | None) -> dict:
     else from the ``saved`` configuration of the run being resumed, else the task's default.
 
     Raises :class:`CommandError` when a given flag differs from the saved run (``epochs``
-    may grow with ``args.extend``).
+    or ``steps`` may grow with ``args.extend``), or belongs to the other kind of task.
     """
-    given = {name: getattr(args, name) for name in _RUN_FLAGS if getattr(args, name) is not None}
+    unit = _unit(task)
+    own, other = (_STEP_FLAGS, _EPOCH_FLAGS) if unit == "steps" else (_EPOCH_FLAGS, _STEP_FLAGS)
+    misplaced = [_flag(name) for name in other if getattr(args, name) is not None]
+    if misplaced:
+        raise CommandError(f"{', '.join(misplaced)}: the {task.name} task trains by {unit}, so its flags are "
+                           f"{', '.join(_flag(name) for name in own)}")
+    given = {name: getattr(args, name) for name in _RUN_FLAGS + own if getattr(args, name) is not None}
     given["task"] = task.name
     if saved is not None:
-        _check_resumable(given, saved, args.extend)
-    optimizer = given.get("optimizer", (saved or {}).get("optimizer", "sgd"))
+        _check_resumable(given, saved, args.extend, unit)
+    optimizer = given.get("optimizer", (saved or {}).get("optimizer", _default_optimizer(task)))
     config = {**_task_defaults(task, optimizer), **(saved or {}), **given}
-    config.setdefault("schedule_epochs", config["epochs"])
+    config.setdefault(f"schedule_{unit}", config[unit])
     return config
 
 
-def _check_resumable(given: dict, saved: dict, extend: bool) -> None:
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_resumable(given: dict, saved: dict, extend: bool, unit: str) -> None:
     differ = {name: (saved[name], value) for name, value in given.items() if name in saved and saved[name] != value}
     if extend:
-        if "epochs" not in differ or given["epochs"] < saved["epochs"]:
-            found = given.get("epochs", "no --epochs")
-            raise CommandError(f"--extend: expected --epochs greater than the run's {saved.get('epochs')}, found {found}")
-        del differ["epochs"]
+        if unit not in differ or given[unit] < saved[unit]:
+            found = given.get(unit, f"no --{unit}")
+            raise CommandError(f"--extend: expected --{unit} greater than the run's {saved.get(unit)}, found {found}")
+        del differ[unit]
     if differ:
         diffs = ", ".join(f"{name}: saved {a!r}, now {b!r}" for name, (a, b) in differ.items())
-        hint = ", or pass --extend to train it for more epochs" if "epochs" in differ else ""
+        hint = f", or pass --extend to train it for more {unit}" if unit in differ else ""
         raise CommandError(
             f"--resume: the saved run was made with other settings ({diffs}); leave those flags out to continue "
             f"it as it was{hint}"
@@ -188,9 +236,10 @@ def _load_run(path: Path, expected_params) -> dict:
     saved = checkpoint.load(path)
     try:
         found = _leaf_shapes(saved["state"]["params"])
-        saved["history"]["epoch"]  # what a resumed run continues from
+        if not ("epoch" in saved["history"] or "step" in saved["history"]):  # what a resumed run continues from
+            raise KeyError("epoch")
     except (KeyError, TypeError):
-        layout = "{'state': {'params': ...}, 'history': {'epoch': ...}}"
+        layout = "{'state': {'params': ...}, 'history': {'epoch' or 'step': ...}}"
         raise CommandError(f"{path}: expected a run's {layout}, found another tree") from None
     expected = _leaf_shapes(expected_params)
     for name in sorted(expected.keys() | found.keys()):
@@ -210,6 +259,42 @@ def _format_metrics(prefix: str, metrics: dict) -> str:
     return "  ".join(f"{prefix} {name} {value:.4f}" for name, value in metrics.items())
 
 
+def _text_run(path: Path) -> tuple:
+    """``(task, config, model, tokenizer, state)`` of the run of a text task saved at ``path``:
+    the model and tokenizer rebuilt from the configuration in its metadata."""
+    config = checkpoint.read_metadata(path).get("config")
+    task = TASKS.get(config.get("task")) if isinstance(config, dict) else None
+    settings = {"model": dict, "vocabulary": str, "validation_windows": int}
+    if not (isinstance(task, LanguageTask) and all(isinstance(config.get(k), kind) for k, kind in settings.items())):
+        has_task = isinstance(config, dict) and "task" in config
+        found = f"a run of the task {config['task']!r}" if has_task else "no run's configuration"
+        raise CommandError(f"{path}: expected a checkpoint of a text task (such as shakespeare-char) written by "
+                           f"`tinyfn train`, found {found}")
+    tokenizer = CharTokenizer(config["vocabulary"])
+    model = task.model(tokenizer.vocab_size, **config["model"])
+    _, fresh_params, _ = init_with_state(model, random.key(0), (-1, config["model"]["context"]))
+    return task, config, model, tokenizer, _load_run(path, fresh_params)["state"]
+
+
+def _text_loss(task, model, state, windows) -> dict:
+    """``{"loss": nats per character}`` of the model in ``state`` on ``windows`` ``(inputs, targets)``."""
+    inputs, targets = windows
+    batches = [(inputs[i : i + 128], targets[i : i + 128]) for i in range(0, len(inputs), 128)]
+    return train.evaluate(train.predictor(model, state), batches, task.loss, metrics={})
+
+
+def _sample_text(model, state, tokenizer, context: int, *, prompt: str, tokens: int, temperature: float, seed: int):
+    """``prompt`` followed by the ``tokens`` characters the model in ``state`` writes after it."""
+    unknown = sorted(set(prompt) - set(tokenizer.vocabulary))
+    if not prompt or unknown:
+        found = repr("".join(unknown)) if unknown else "an empty prompt"
+        raise CommandError(f"--prompt: expected at least one character, each one of the model's vocabulary "
+                           f"{tokenizer.vocabulary!r}; found {found}")
+    ids = generate(train.predictor(model, state), tokenizer.encode(prompt), tokens, random.key(seed),
+                   temperature=temperature, context=context)
+    return prompt + tokenizer.decode(ids)
+
+
 # ----------------------------------------------------------------------------- commands
 
 
@@ -219,7 +304,12 @@ def cmd_train(args) -> int:
     resume = args.resume or args.extend
     saved = _saved_config(out) if resume else None
     config = run_config(args, task, saved)
+    if isinstance(task, LanguageTask):
+        return _train_by_steps(args, task, out, config, resume)
+    return _train_by_epochs(args, task, out, config, resume)
 
+
+def _train_by_epochs(args, task, out: Path, config: dict, resume: bool) -> int:
     data = task.load(config["seed"], args.data)
     key = random.key(config["seed"])
     # hold out a stratified validation split of the training set; the test split is only scored at the end
@@ -234,12 +324,7 @@ def cmd_train(args) -> int:
     history = None
 
     if resume:
-        final_rate = learning_rate(schedule_steps) if callable(learning_rate) else learning_rate
-        if config["epochs"] > config["schedule_epochs"]:
-            _explain_extension(config, final_rate)
-        snapshot = _load_run(out / "checkpoint.msgpack", state["params"])
-        state, history = snapshot["state"], snapshot["history"]
-        print(f"resuming {out} after epoch {len(history['epoch'])} of {config['epochs']}")
+        state, history = _resume(out, config, "epochs", learning_rate, schedule_steps, state)
     else:
         print(f"{task.description}\n{summary(model, input_shape)}")
     print(f"train {len(x_train)}, validation {len(x_val)}, test {len(data.x_test)} samples; "
@@ -255,19 +340,16 @@ def cmd_train(args) -> int:
             epochs = len(history["epoch"])  # the uninterrupted run stopped here: train no further
             print(f"the run stopped early at epoch {epochs}: "
                   f"{config['monitor']} did not improve for {config['patience']} epochs")
-    progress = not args.no_progress
-    if progress:
-        _hint_if_no_progress_bar()
     state, history = train.train_epochs(
         train.supervised_step(model, optimizer, task.loss, metrics=task.metrics),
         state,
         batches,
         epochs=epochs,
         validate=lambda s: _evaluate(task, model, s, x_val, y_val),
-        record=lambda s: {"learning_rate": optim.current_learning_rate(s["opt_state"])},
+        record=_learning_rate,
         history=history,
         hooks=hooks,
-        progress=progress,
+        progress=_progress(args),
     )
     test = _evaluate(task, model, state, data.x_test, data.y_test)
     checkpoint.save(
@@ -281,14 +363,84 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _explain_extension(config: dict, final_rate: float) -> None:
+def _train_by_steps(args, task, out: Path, config: dict, resume: bool) -> int:
+    # A new run takes the task's model, validation set and characters; a resumed one keeps its own.
+    model_config = config.setdefault("model", dict(task.model_config))
+    config.setdefault("validation_windows", task.validation_windows)
+    data = task.load(model_config["context"], config["validation_windows"], config.get("vocabulary"))
+    config.setdefault("vocabulary", data.tokenizer.vocabulary)
+    model = task.model(data.tokenizer.vocab_size, **model_config)
+    key = random.key(config["seed"])
+    learning_rate = make_schedule(config["schedule"], config["lr"], config["schedule_steps"])
+    optimizer = make_optimizer(config["optimizer"], learning_rate, config["weight_decay"])
+    optimizer = optim.chain(optim.clip_by_global_norm(task.clip_norm), optimizer)
+    input_shape = (-1, model_config["context"])
+    state = train.init_train_state(model, optimizer, random.fold_in(key, 3), input_shape)
+    history = None
+
+    if resume:
+        state, history = _resume(out, config, "steps", learning_rate, config["schedule_steps"], state)
+    else:
+        print(f"{task.description}\n{summary(model, input_shape)}")
+    windows, context = data.validation[0].shape
+    print(f"train {len(data.train_ids):,} characters, validation {windows} windows of {context}; {config['optimizer']} "
+          f"lr={config['lr']} schedule={config['schedule']}, batch {config['batch_size']}, {config['steps']} steps, "
+          f"validation every {config['eval_every']}, seed {config['seed']}")
+
+    train_key = random.fold_in(key, 2)  # as in the tasks by epochs: 2 for the batches, 3 for the initialisation
+    state, history = train.train_steps(
+        train.supervised_step(model, optimizer, task.loss, metrics={}),
+        state,
+        lambda i: datasets.random_windows(random.fold_in(train_key, i), data.train_ids, config["batch_size"], context),
+        steps=config["steps"],
+        eval_every=config["eval_every"],
+        validate=lambda s: _text_loss(task, model, s, data.validation),
+        record=_learning_rate,
+        history=history,
+        hooks=[train.save_checkpoints(out, args.checkpoint_every, metadata={"config": config})],
+        progress=_progress(args),
+    )
+    checkpoint.save(out / "checkpoint.msgpack", train.snapshot(state, history),
+                    metadata={"config": config, "step": history["step"][-1]})
+    _write_outputs(out, history, f"tinyfn train {task.name} ({config['optimizer']}, seed {config['seed']})")
+    print(f"validation loss {history['val_loss'][-1]:.4f} nats/char ({history['val_loss'][-1] / math.log(2):.3f} bits/char)")
+    print(f"wrote {out / 'checkpoint.msgpack'}")
+    print(f"\nA sample (`tinyfn sample {out}` writes it again, `--seed N` others):")
+    print(_sample_text(model, state, data.tokenizer, context, **SAMPLE_DEFAULTS))
+    return 0
+
+
+def _learning_rate(state) -> dict:
+    return {"learning_rate": optim.current_learning_rate(state["opt_state"])}
+
+
+def _progress(args) -> bool:
+    """Whether to show a progress bar (said once: how to get one when tqdm is missing)."""
+    if not args.no_progress:
+        _hint_if_no_progress_bar()
+    return not args.no_progress
+
+
+def _resume(out: Path, config: dict, unit: str, learning_rate, schedule_steps: int, fresh_state) -> tuple:
+    """The ``(state, history)`` of the run saved in ``out``, after checking its params fit
+    those of ``fresh_state``, and saying what ``--extend`` does to the learning rate (a number
+    or a schedule of ``schedule_steps`` optimizer steps)."""
+    if config[unit] > config[f"schedule_{unit}"]:
+        _explain_extension(config, unit, learning_rate(schedule_steps) if callable(learning_rate) else learning_rate)
+    snapshot = _load_run(out / "checkpoint.msgpack", fresh_state["params"])
+    counter = unit[:-1]  # "epoch" or "step"
+    print(f"resuming {out} after {counter} {snapshot['history'][counter][-1]} of {config[unit]}")
+    return snapshot["state"], snapshot["history"]
+
+
+def _explain_extension(config: dict, unit: str, final_rate: float) -> None:
     """Say what happens to the learning rate of a run trained past its schedule (``--extend``)."""
-    schedule, length = config["schedule"], config["schedule_epochs"]
+    schedule, length = config["schedule"], config[f"schedule_{unit}"]
     if final_rate == 0:
-        raise CommandError(f"--extend: the {schedule} schedule of this run ends at learning rate 0, so more epochs "
-                           "would not change it; start a new run with the --epochs you want")
-    print(f"the {schedule} learning-rate schedule keeps its {length} epochs: epochs "
-          f"{length + 1}-{config['epochs']} use its final rate {final_rate:g}")
+        raise CommandError(f"--extend: the {schedule} schedule of this run ends at learning rate 0, so more {unit} "
+                           f"would not change it; start a new run with the --{unit} you want")
+    print(f"the {schedule} learning-rate schedule keeps its {length} {unit}: {unit} "
+          f"{length + 1}-{config[unit]} use its final rate {final_rate:g}")
 
 
 def _hint_if_no_progress_bar() -> None:
@@ -319,12 +471,35 @@ def cmd_eval(args) -> int:
         raise CommandError(f"{path}: expected a checkpoint written by `tinyfn train`, with the task and seed in "
                            f"its metadata's config; found {found}")
     task = get_task(config["task"])
+    if isinstance(task, LanguageTask):
+        return _eval_text(path)
     data = task.load(config["seed"], args.data)
     model = task.model()
     _, expected_params, _ = init_with_state(model, random.key(0), (-1,) + data.x_test.shape[1:])
     state = _load_run(path, expected_params)["state"]
     test = _evaluate(task, model, state, data.x_test, data.y_test)
     print(f"{task.name}: {_format_metrics('test', test)}  ({len(data.y_test)} samples)")
+    return 0
+
+
+def _eval_text(path: Path) -> int:
+    task, config, model, tokenizer, state = _text_run(path)
+    data = task.load(config["model"]["context"], config["validation_windows"], tokenizer.vocabulary)
+    loss = _text_loss(task, model, state, data.validation)["loss"]
+    windows, context = data.validation[0].shape
+    print(f"{task.name}: validation loss {loss:.4f} nats/char ({loss / math.log(2):.3f} bits/char), "
+          f"{windows} windows of {context} characters")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    run = Path(args.run_dir)
+    path = run / "checkpoint.msgpack" if run.is_dir() else run
+    if not path.is_file():
+        raise CommandError(f"expected a run folder with checkpoint.msgpack, or a checkpoint file; found nothing at {path}")
+    task, config, model, tokenizer, state = _text_run(path)
+    print(_sample_text(model, state, tokenizer, config["model"]["context"], prompt=args.prompt, tokens=args.tokens,
+                       temperature=args.temperature, seed=args.seed))
     return 0
 
 
@@ -388,13 +563,20 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Train a model on a named task and write its run folder. Settings left "
                             "out take the task's defaults, or the saved run's with --resume and --extend.")
     p.add_argument("task", choices=list(TASKS))
-    p.add_argument("--epochs", metavar="N", type=_positive_int, help="total epochs (default: per task)")
+    p.add_argument("--epochs", metavar="N", type=_positive_int,
+                   help="total epochs of a classification task (default: per task)")
+    p.add_argument("--steps", metavar="N", type=_positive_int, help="total steps of a text task (default: per task)")
+    p.add_argument("--eval-every", metavar="N", type=_positive_int,
+                   help="steps between two validations (and checkpoints) of a text task (default: per task)")
     p.add_argument("--batch-size", metavar="N", type=_positive_int, help="mini-batch size (default: per task)")
     p.add_argument("--lr", type=_number(float, 0, strict=True), help="learning rate (default: per task and optimizer)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, help="default: sgd")
-    p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule over the epochs (default: constant)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="default: sgd (adamw for a text task)")
+    p.add_argument("--schedule", choices=SCHEDULES,
+                   help="learning-rate schedule over the epochs or steps (default: constant; warmup-cosine for a "
+                   "text task, with 10%% of the steps for the warm-up)")
     p.add_argument("--weight-decay", type=_number(float, 0, strict=False),
-                   help="L2 weight decay, decoupled for adamw (default: 1e-4 for adamw, else 0)")
+                   help="L2 weight decay, decoupled for adamw (default: 1e-4 for adamw, 0.1 for adamw on a text task, "
+                   "else 0)")
     p.add_argument("--seed", metavar="N", type=_natural_int,
                    help="seed of the split, the init and the shuffling (default: 0)")
     p.add_argument("--monitor", choices=MONITORS,
@@ -411,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resume the run and train it up to a larger --epochs; its learning-rate schedule keeps its "
                    "length, so the added epochs use the schedule's final rate")
     p.add_argument("--checkpoint-every", metavar="N", type=_positive_int, default=1,
-                   help="save checkpoint.msgpack every N epochs")
+                   help="save checkpoint.msgpack every N epochs (every N validations for a text task)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (shown on a terminal when tqdm is installed)")
     p.set_defaults(run=cmd_train)
@@ -420,6 +602,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--data", metavar="DIR", help="folder of IDX files (mnist task)")
     p.set_defaults(run=cmd_eval)
+
+    p = commands.add_parser("sample", help="write text with the model of a text task's run",
+                            description="Write text with the model of a run of a text task (shakespeare-char): the "
+                            "prompt, then characters drawn one at a time. The same seed gives the same text.")
+    p.add_argument("run_dir", metavar="RUN", help="a run folder (its checkpoint.msgpack) or a checkpoint file, such as "
+                   "RUN/best.msgpack")
+    p.add_argument("--tokens", metavar="N", type=_positive_int, default=SAMPLE_DEFAULTS["tokens"],
+                   help="how many characters to write (default: %(default)s)")
+    p.add_argument("--temperature", metavar="T", type=_number(float, 0, strict=True),
+                   default=SAMPLE_DEFAULTS["temperature"],
+                   help="below 1 the likelier characters are drawn more often, above 1 less (default: %(default)s)")
+    p.add_argument("--seed", metavar="N", type=_natural_int, default=SAMPLE_DEFAULTS["seed"],
+                   help="seed of the draws (default: %(default)s)")
+    p.add_argument("--prompt", metavar="TEXT", default=SAMPLE_DEFAULTS["prompt"],
+                   help="the text to continue (default: two line breaks, the end of a speech, so that the text "
+                   "starts with a speaker's name)")
+    p.set_defaults(run=cmd_sample)
 
     p = commands.add_parser("inspect", help="print the tree stored in a checkpoint")
     p.add_argument("checkpoint")

@@ -4,6 +4,10 @@ Each task is rebuilt the same way from its name and seed, which is how ``tinyfn 
 score a checkpoint on the same test split the run held out. The models are written the way a
 user would write them (``Dense(n, activation="relu")``), so a checkpoint's ``params`` load
 into the same model built by hand.
+
+Two kinds of task: a :class:`Task` classifies samples and trains by epochs; a
+:class:`LanguageTask` models a text character by character and trains by steps, each on a
+batch of random windows of the text (an epoch means little when the windows overlap).
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from typing import Callable
 import numpy as np
 
 from . import conv, datasets, layers, losses, ops, random
+from .text import CharTokenizer
 
-__all__ = ["Task", "Data", "TASKS", "get_task", "mnist_cnn"]
+__all__ = ["Task", "Data", "LanguageTask", "TextData", "TASKS", "get_task", "mnist_cnn", "gpt"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,44 @@ class Task:
     lr: float
     # every shipped task is a classifier; a regression task would pass metrics={}
     metrics: dict = field(default_factory=lambda: {"accuracy": losses.accuracy})
+
+
+@dataclass(frozen=True)
+class TextData:
+    """A text task's data: its tokenizer, the training text as ids ``(N,)``, and the fixed
+    validation windows ``(inputs, targets)``, both ``(windows, context)``."""
+
+    tokenizer: CharTokenizer
+    train_ids: np.ndarray
+    validation: tuple
+
+
+@dataclass(frozen=True)
+class LanguageTask:
+    """A named language-modelling task, trained by steps.
+
+    ``load(context, validation_windows, vocabulary=None) -> TextData``: the tokenizer is built
+    from the text, or from a saved ``vocabulary`` string, and the validation set is
+    ``validation_windows`` windows of ``context`` characters. ``model(vocab_size,
+    **model_config) -> Layer`` maps ids ``(B, T)`` to logits ``(B, T, vocab_size)``; the loss
+    is the softmax cross-entropy of each next character, in nats per character. The rest are
+    defaults of a run: the optimizer is AdamW with warm-up and cosine decay, its updates
+    clipped to a global norm of ``clip_norm``.
+    """
+
+    name: str
+    description: str
+    load: Callable
+    model: Callable
+    model_config: dict
+    steps: int
+    eval_every: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    validation_windows: int = 512
+    clip_norm: float = 1.0
+    loss: Callable = losses.softmax_cross_entropy
 
 
 def _split_and_standardize(seed: int, x, y, test_fraction=0.2) -> Data:
@@ -90,6 +133,33 @@ def mnist_cnn() -> layers.Layer:
         layers.Dropout(0.5),
         layers.Dense(10),
     )
+
+
+def gpt(vocab_size: int, context: int = 64, width: int = 128, depth: int = 4, heads: int = 4) -> layers.Layer:
+    """A small GPT: ids ``(B, T)``, ``T <= context``, to next-token logits ``(B, T, vocab_size)``.
+
+    Token embedding and learned position embedding (``width`` features), ``depth`` causal
+    pre-norm transformer blocks of ``heads`` heads (each position sees itself and the
+    positions before it), a final LayerNorm and a dense head to the vocabulary. Params:
+    ``embedding_0``, ``positional_embedding_1``, ``transformer_block_2`` .. and, after the
+    blocks, ``layer_norm_*`` and ``dense_*``.
+    """
+    return layers.serial(
+        layers.Embedding(vocab_size, width),
+        layers.PositionalEmbedding(context, width),
+        *[layers.TransformerBlock(heads, causal=True) for _ in range(depth)],
+        layers.LayerNorm(),
+        layers.Dense(vocab_size),
+    )
+
+
+def _shakespeare_char(context: int, validation_windows: int, vocabulary: str | None = None) -> TextData:
+    text = datasets.shakespeare()
+    tokenizer = CharTokenizer(vocabulary) if vocabulary is not None else CharTokenizer.from_text(text)
+    train_ids, validation_ids = datasets.split_by_position(tokenizer.encode(text))
+    # The same windows for every run and seed, spread evenly over the validation text.
+    starts = np.linspace(0, len(validation_ids) - context - 1, validation_windows).astype(np.int64)
+    return TextData(tokenizer, train_ids, datasets.windows_at(validation_ids, starts, context))
 
 
 def _binary_loss(logits, y):
@@ -141,11 +211,23 @@ TASKS = {
             batch_size=64,
             lr=0.05,
         ),
+        LanguageTask(
+            "shakespeare-char",
+            "Shakespeare's plays character by character, a small GPT trained with AdamW",
+            _shakespeare_char,
+            gpt,
+            model_config={"context": 64, "width": 128, "depth": 4, "heads": 4},
+            steps=2000,
+            eval_every=250,
+            batch_size=32,
+            lr=5e-3,
+            weight_decay=0.1,
+        ),
     ]
 }
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str) -> Task | LanguageTask:
     """The task called ``name``; ValueError listing the known names otherwise."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")

@@ -10,7 +10,9 @@ Everything else here is a convenience around it:
   the classification losses, nothing else for mse: see :func:`default_metrics`);
 * :func:`train_epochs` runs epochs (reshuffled from a key), validates after each, prints
   progress, stops on a NaN or infinite loss, and calls hooks such as :func:`early_stopping`
-  and :func:`save_checkpoints`, which pick the best epoch the same way (:func:`best_epoch`).
+  and :func:`save_checkpoints`, which pick the best epoch the same way (:func:`best_epoch`);
+* :func:`train_steps` does the same by steps, validating every so many steps, for data
+  drawn afresh at each step (random windows of a text) rather than passed over in epochs.
 
 A training state is a plain dict (a pytree), so it is saved and restored with
 :mod:`tinyfn.checkpoint` and a resumed run continues bit for bit:
@@ -40,6 +42,7 @@ __all__ = [
     "predictor",
     "evaluate",
     "train_epochs",
+    "train_steps",
     "best_epoch",
     "early_stopping",
     "snapshot",
@@ -67,7 +70,7 @@ def fit(step, state, batches, *, progress: bool = False):
     return state, {name: np.array([float(r[name]) for r in records]) for name in names}
 
 
-def _with_progress(iterable, progress: bool, total: int | None = None, desc: str | None = None):
+def _with_progress(iterable, progress: bool, total: int | None = None, desc: str | None = None, unit: str = "batch"):
     """Wrap ``iterable`` in a tqdm bar when asked for, tqdm is installed and stderr is a terminal."""
     if not progress or not sys.stderr.isatty():
         return iterable
@@ -75,13 +78,14 @@ def _with_progress(iterable, progress: bool, total: int | None = None, desc: str
         from tqdm.auto import tqdm
     except ImportError:
         return iterable
-    return tqdm(iterable, total=total, desc=desc, leave=False, unit="batch")
+    return tqdm(iterable, total=total, desc=desc, leave=False, unit=unit)
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training met a NaN or infinite loss (raised by :func:`train_epochs`).
+    """Training met a NaN or infinite loss (raised by :func:`train_epochs` and :func:`train_steps`).
 
-    ``epoch`` and ``step`` (the step within that epoch, both counted from 1) say where;
+    ``epoch`` and ``step`` (the step within that epoch, both counted from 1) say where; for
+    :func:`train_steps`, ``epoch`` is None and ``step`` counts the steps of the run.
     ``state`` is the training state before that step, whose update was not applied.
     """
 
@@ -226,44 +230,121 @@ def train_epochs(
     ``"val_loss"``, one ``"train_NAME"`` and ``"val_NAME"`` per metric (such as
     ``"train_accuracy"``), the names ``record`` returns, and ``"seconds"`` to per-epoch lists.
     """
-    if not (isinstance(epochs, (int, np.integer)) and epochs >= 1):
-        raise ValueError(f"train_epochs: epochs must be a positive int, found {epochs!r}")
-    history = {name: np.asarray(values).tolist() for name, values in (history or {}).items()}
-    start = len(history.get("epoch", []))
-    for epoch in range(start, epochs):
-        started = time.perf_counter()
+    _check_count("train_epochs: epochs", epochs)
+    history = _as_lists(history)
+    for epoch in range(len(history.get("epoch", [])), epochs):
         batches = _with_progress(data.epoch(epoch), progress, total=len(data), desc=f"epoch {epoch + 1}/{epochs}")
-        epoch_step = _stop_on_nonfinite_loss(step, epoch + 1, len(data)) if check_finite else step
-        state, batch_history = fit(epoch_step, state, batches)
-        row = {"epoch": epoch + 1}
-        row.update({f"train_{name}": float(np.mean(values)) for name, values in batch_history.items()})
-        if validate is not None:
-            row.update({f"val_{name}": float(value) for name, value in validate(state).items()})
-        if record is not None:
-            row.update({name: float(value) for name, value in record(state).items()})
-        row["seconds"] = time.perf_counter() - started
-        for name, value in row.items():
-            history.setdefault(name, []).append(value)
-        if log is not None:
-            log(_format_row(row, epochs))
-        stop = [hook(state, history) for hook in hooks]  # every hook runs, even after a stop
-        if any(stop):
+        epoch_step = _stop_on_nonfinite_loss(step, epoch + 1, 1, len(data)) if check_finite else step
+        state, row = _train_interval(epoch_step, state, batches, {"epoch": epoch + 1}, validate, record)
+        if _add_row(history, row, state, epochs, hooks, log):
             break
     return state, history
 
 
-def _stop_on_nonfinite_loss(step, epoch: int, steps_per_epoch: int):
-    """``step`` that raises :class:`NonFiniteLossError` instead of returning a NaN or infinite loss."""
-    numbers = itertools.count(1)
+def train_steps(
+    step,
+    state: dict,
+    batch_at,
+    *,
+    steps: int,
+    eval_every: int,
+    validate=None,
+    record=None,
+    history: dict | None = None,
+    hooks=(),
+    progress: bool = True,
+    log=print,
+    check_finite: bool = True,
+):
+    """Train for ``steps`` steps in total, continuing after the steps already in ``history``.
+
+    The steps are grouped in intervals of ``eval_every``: after each interval (and after the
+    last step) the history gets a row, as :func:`train_epochs` adds one per epoch, and the
+    hooks run. A resumed run continues from the last row.
+
+    Args:
+      step: a step function for :func:`fit`.
+      state: the training state (see :func:`init_train_state`).
+      batch_at: ``batch_at(i) -> batch`` for step ``i`` (counted from 0 over the whole run).
+        It must depend on ``i`` alone, such as random windows drawn from
+        ``random.fold_in(key, i)``, so that a resumed run sees the same batches.
+      steps: the total number of steps (a positive int), those in ``history`` included.
+      eval_every: the number of steps between two rows of the history (a positive int).
+      validate, record, hooks, progress, log, check_finite: as in :func:`train_epochs`,
+        per interval instead of per epoch.
+      history: the history of an earlier run to resume (from its checkpoint).
+
+    Returns ``(state, history)``; ``history`` maps ``"step"`` (the steps done at each row),
+    ``"train_loss"`` and the other step metrics (each the mean over the interval),
+    ``"val_loss"`` and the other validation results, the names ``record`` returns, and
+    ``"seconds"`` to per-row lists.
+    """
+    _check_count("train_steps: steps", steps)
+    _check_count("train_steps: eval_every", eval_every)
+    history = _as_lists(history)
+    done = history["step"][-1] if history.get("step") else 0
+    while done < steps:
+        end = min((done // eval_every + 1) * eval_every, steps)
+        batches = (batch_at(i) for i in range(done, end))
+        desc = f"steps {done + 1}-{end}/{steps}"
+        batches = _with_progress(batches, progress, total=end - done, desc=desc, unit="step")
+        interval_step = _stop_on_nonfinite_loss(step, None, done + 1, steps) if check_finite else step
+        state, row = _train_interval(interval_step, state, batches, {"step": end}, validate, record)
+        if _add_row(history, row, state, steps, hooks, log):
+            break
+        done = end
+    return state, history
+
+
+def _check_count(name: str, value) -> None:
+    if not (isinstance(value, (int, np.integer)) and value >= 1):
+        raise ValueError(f"{name} must be a positive int, found {value!r}")
+
+
+def _as_lists(history: dict | None) -> dict:
+    """A copy of ``history`` (as saved: arrays, or lists) with a list per quantity."""
+    return {name: np.asarray(values).tolist() for name, values in (history or {}).items()}
+
+
+def _train_interval(step, state, batches, row: dict, validate, record) -> tuple:
+    """Fold ``step`` over ``batches``, then complete ``row`` (its counter, such as ``{"epoch": 3}``)
+    with the mean of each step metric (``train_NAME``), the validation results (``val_NAME``),
+    the recorded values and the seconds taken. Returns ``(state, row)``."""
+    started = time.perf_counter()
+    state, batch_history = fit(step, state, batches)
+    row.update({f"train_{name}": float(np.mean(values)) for name, values in batch_history.items()})
+    if validate is not None:
+        row.update({f"val_{name}": float(value) for name, value in validate(state).items()})
+    if record is not None:
+        row.update({name: float(value) for name, value in record(state).items()})
+    row["seconds"] = time.perf_counter() - started
+    return state, row
+
+
+def _add_row(history: dict, row: dict, state, total: int, hooks, log) -> bool:
+    """Append ``row`` to ``history``, log it, run the hooks; True if one of them says stop."""
+    for name, value in row.items():
+        history.setdefault(name, []).append(value)
+    if log is not None:
+        log(_format_row(row, total))
+    stop = [hook(state, history) for hook in hooks]  # every hook runs, even after a stop
+    return any(stop)
+
+
+def _stop_on_nonfinite_loss(step, epoch: int | None, first: int, total: int):
+    """``step`` that raises :class:`NonFiniteLossError` instead of returning a NaN or infinite
+    loss; its calls are numbered from ``first`` (of ``total``) in the message."""
+    numbers = itertools.count(first)
 
     def checked(state, batch):
         number = next(numbers)
         new_state, metrics = step(state, batch)
         loss = metrics.get("loss", 0.0)
         if not np.isfinite(loss):
+            where = f"step {number} of {total}" if epoch is None else f"epoch {epoch}, step {number} of {total}"
             raise NonFiniteLossError(
-                f"epoch {epoch}, step {number} of {steps_per_epoch}: the training loss is {loss}; training stopped "
-                "before this update (look for NaN or inf in the data, or lower the learning rate)",
+                f"{where}: the training loss is {loss}; training stopped before this update (look for NaN or inf "
+                "in the data, or lower the learning rate)",
                 epoch=epoch,
                 step=number,
                 state=state,
@@ -273,19 +354,20 @@ def _stop_on_nonfinite_loss(step, epoch: int, steps_per_epoch: int):
     return checked
 
 
-def _format_row(row: dict, epochs: int) -> str:
-    parts = [f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}"]
+def _format_row(row: dict, total: int) -> str:
+    counter, number = next(iter(row.items()))  # "epoch" or "step", the first entry
+    parts = [f"{counter} {number:>{len(str(total))}}/{total}"]
     parts += [
         f"{name} {value:.3g}" if name == "learning_rate" else f"{name} {value:.4f}"
         for name, value in row.items()
-        if name not in ("epoch", "seconds")
+        if name not in (counter, "seconds")
     ]
     parts.append(f"{row['seconds']:.2f}s")
     return "  ".join(parts)
 
 
 def best_epoch(history: dict, monitor: str = "val_loss", mode: str = "auto") -> int:
-    """The index (from 0) of the best epoch in ``history`` by ``history[monitor]``.
+    """The index (from 0) of the best epoch (or row) in ``history`` by ``history[monitor]``.
 
     ``mode`` is ``"min"`` (lower is better), ``"max"``, or ``"auto"``: ``"min"`` for a name
     ending in ``loss``, ``"max"`` for any other (an accuracy). Ties go to the earliest
@@ -326,11 +408,12 @@ def snapshot(state: dict, history: dict) -> dict:
 
 def save_checkpoints(run_dir, every: int = 1, monitor: str | None = "val_loss", mode: str = "auto", metadata=None):
     """A hook writing ``{"state", "history"}`` to ``run_dir/checkpoint.msgpack`` every ``every``
-    epochs, and to ``run_dir/best.msgpack`` when the epoch is the best so far by
-    ``history[monitor]`` (see :func:`best_epoch`: only a strictly better epoch replaces it;
-    ``monitor=None`` writes no best.msgpack). ``metadata`` (a dict) is stored in both files
-    with the epoch. Resume from ``checkpoint.msgpack`` by passing its state and history back
-    to :func:`train_epochs`."""
+    rows of the history (epochs, or the intervals of :func:`train_steps`), and to
+    ``run_dir/best.msgpack`` when the row is the best so far by ``history[monitor]`` (see
+    :func:`best_epoch`: only a strictly better row replaces it; ``monitor=None`` writes no
+    best.msgpack). ``metadata`` (a dict) is stored in both files with the row's ``"epoch"``
+    (or ``"step"``). Resume from ``checkpoint.msgpack`` by passing its state and history back
+    to :func:`train_epochs` (or :func:`train_steps`)."""
     from . import checkpoint
 
     if not (isinstance(every, (int, np.integer)) and every >= 1):
@@ -339,11 +422,13 @@ def save_checkpoints(run_dir, every: int = 1, monitor: str | None = "val_loss", 
     run_dir.mkdir(parents=True, exist_ok=True)
 
     def hook(state, history):
-        info = {**(metadata or {}), "epoch": history["epoch"][-1]}
+        counter = "epoch" if "epoch" in history else "step"
+        rows = len(history[counter])
+        info = {**(metadata or {}), counter: history[counter][-1]}
         contents = snapshot(state, history)
-        if info["epoch"] % every == 0:
+        if rows % every == 0:
             checkpoint.save(run_dir / "checkpoint.msgpack", contents, metadata=info)
-        if monitor is not None and best_epoch(history, monitor, mode) == len(history["epoch"]) - 1:
+        if monitor is not None and best_epoch(history, monitor, mode) == rows - 1:
             checkpoint.save(run_dir / "best.msgpack", contents, metadata=info)
         return False
 

@@ -23,14 +23,14 @@ def _pyplot():
     return plt
 
 
-def _draw_panels(panels, path, title):
-    """One panel per ``(ylabel, [(label, epochs, values), ...])``, side by side, saved as PNG."""
+def _draw_panels(panels, path, title, xlabel="epoch"):
+    """One panel per ``(ylabel, [(label, xs, values), ...])``, side by side, saved as PNG."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
     for ax, (ylabel, lines) in zip(axes[0], panels):
-        for label, epochs, values in lines:
-            ax.plot(epochs, values, marker="o", markersize=3, label=label)
-        ax.set_xlabel("epoch")
+        for label, xs, values in lines:
+            ax.plot(xs, values, marker="o", markersize=3, label=label)
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -44,28 +44,30 @@ def _draw_panels(panels, path, title):
 
 
 def plot_history(history: dict, path, title: str | None = None) -> Path:
-    """Draw per-epoch curves from a training history and save them as a PNG at ``path``.
+    """Draw the curves of a training history and save them as a PNG at ``path``.
 
-    ``history`` maps names to per-epoch lists as :func:`tinyfn.train.train_epochs` returns
+    ``history`` maps names to per-row lists as :func:`tinyfn.train.train_epochs` returns
     (``"epoch"``, ``"train_loss"``, ``"val_loss"``, and when present ``"train_accuracy"``,
-    ``"val_accuracy"`` and ``"learning_rate"``). One panel per quantity present (loss,
-    accuracy, learning rate; a regression has no accuracy), train and validation in the same
-    panel. Returns the path written.
+    ``"val_accuracy"`` and ``"learning_rate"``) or :func:`tinyfn.train.train_steps` returns
+    (``"step"`` instead of ``"epoch"``, which then labels the x axis). One panel per quantity
+    present (loss, accuracy, learning rate; a regression has no accuracy), train and
+    validation in the same panel. Returns the path written.
     """
-    epochs = history.get("epoch") or list(range(1, 1 + len(next(iter(history.values())))))
+    xlabel = "step" if "step" in history else "epoch"
+    xs = history.get(xlabel) or list(range(1, 1 + len(next(iter(history.values())))))
     quantities = [
         ("loss", ("train_loss", "val_loss")),
         ("accuracy", ("train_accuracy", "val_accuracy")),
         ("learning rate", ("learning_rate",)),
     ]
     panels = [
-        (quantity, [(name.replace("_", " "), epochs, history[name]) for name in names if history.get(name)])
+        (quantity, [(name.replace("_", " "), xs, history[name]) for name in names if history.get(name)])
         for quantity, names in quantities
     ]
     panels = [(quantity, lines) for quantity, lines in panels if lines]
     if not panels:
         raise ValueError(f"plot_history: nothing to plot; expected keys like 'train_loss', found {sorted(history)}")
-    return _draw_panels(panels, path, title)
+    return _draw_panels(panels, path, title, xlabel)
 
 
 def plot_comparison(histories: dict, path, metrics=("val_loss", "val_accuracy"), title: str | None = None) -> Path:
