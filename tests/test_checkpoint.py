@@ -7,7 +7,7 @@ for bit by a checker written here, files are parsed and forged with plain msgpac
 hashlib following docs/checkpoint-format.md, and flax bytes come from flax itself (the
 fixture, made with flax 0.12.8, and the interop tests when flax is installed).
 
-The reader has two ways of reading (see tinyfn.checkpoint._Reader): msgpack decodes small data
+The reader has two ways of reading (see tinyfn.checkpoint.reader._Reader): msgpack decodes small data
 in bulk, larger data is walked value by value. Tests of what it reads run both ways, through
 the ``reading`` fixture, which makes the small files of these tests walked when it says so.
 """
@@ -64,7 +64,7 @@ flax_fixture = _load_fixture_module()
 def reading(request, monkeypatch):
     """Read the way the parameter says: "walking" makes even these small inputs walked."""
     if request.param == "walking":
-        monkeypatch.setattr(checkpoint, "_BULK_BYTES", 0)
+        monkeypatch.setattr(checkpoint.reader, "_BULK_BYTES", 0)
     return request.param
 
 
@@ -171,7 +171,7 @@ def test_round_trip_is_exact_for_generated_trees(value):
 
 
 def test_round_trip_is_exact_walking_too(monkeypatch):
-    monkeypatch.setattr(checkpoint, "_BULK_BYTES", 0)
+    monkeypatch.setattr(checkpoint.reader, "_BULK_BYTES", 0)
     state = sample_state()
     assert_identical(checkpoint.from_bytes(checkpoint.to_bytes(state)), state)
     fixture_tree = flax_fixture.FLAX_FIXTURE_TREE
@@ -1043,7 +1043,7 @@ def test_reads_the_flax_fixture(reading):
 
 
 def test_tree_entry_is_byte_for_byte_what_flax_writes(monkeypatch):
-    monkeypatch.setattr(checkpoint, "MAX_CHUNK_BYTES", flax_fixture.CHUNK_BYTES)
+    monkeypatch.setattr(checkpoint.encode, "MAX_CHUNK_BYTES", flax_fixture.CHUNK_BYTES)
     flax_bytes = (FIXTURES / "flax_state.msgpack").read_bytes()
     data = checkpoint.to_bytes(flax_fixture.FLAX_FIXTURE_TREE)
     assert data[-TRAILER_SIZE - len(flax_bytes) : -TRAILER_SIZE] == flax_bytes
@@ -1051,7 +1051,7 @@ def test_tree_entry_is_byte_for_byte_what_flax_writes(monkeypatch):
 
 
 def test_chunked_arrays_round_trip_and_count_against_the_limits(monkeypatch, reading):
-    monkeypatch.setattr(checkpoint, "MAX_CHUNK_BYTES", 64)
+    monkeypatch.setattr(checkpoint.encode, "MAX_CHUNK_BYTES", 64)
     value = {"w": np.arange(100, dtype=np.float64).reshape(4, 25)[:, ::2]}  # chunked, and not C-ordered
     data = checkpoint.to_bytes(value)
     assert b"__msgpack_chunked_array__" in data
@@ -1083,7 +1083,7 @@ def test_flax_restores_a_tinyfn_checkpoint(monkeypatch):
     assert_identical(restored["tree"], flax_state_dict(state))
     assert_identical(serialization.from_state_dict(state, restored["tree"]), state)
 
-    monkeypatch.setattr(checkpoint, "MAX_CHUNK_BYTES", 40)  # flax must also read tinyfn's chunked arrays
+    monkeypatch.setattr(checkpoint.encode, "MAX_CHUNK_BYTES", 40)  # flax must also read tinyfn's chunked arrays
     big = {"w": np.arange(100, dtype=np.float64).reshape(10, 10)}
     chunked = checkpoint.to_bytes(big)
     assert b"__msgpack_chunked_array__" in chunked
