@@ -7,21 +7,7 @@ Run:  python examples/digits_cnn.py [seed]
 
 import sys
 
-from tinyfn import conv, datasets, layers, optim, random, train
-
-
-def model() -> layers.Layer:
-    """(N, 1, 8, 8) images -> (N, 10) logits. Stateful: BatchNorm keeps running statistics."""
-    return layers.serial(
-        conv.Conv2D(16, 3, padding="same", use_bias=False),  # BatchNorm's beta is the bias
-        conv.BatchNorm(),
-        layers.Relu(),
-        conv.Conv2D(32, 3, padding="same", activation="relu"),
-        conv.MaxPool2D(2),  # -> (N, 32, 4, 4)
-        layers.Flatten(),
-        layers.Dropout(0.3),
-        layers.Dense(10),
-    )
+from tinyfn import datasets, layers, optim, random, tasks, train
 
 
 def main(seed=0, epochs=20):
@@ -29,7 +15,7 @@ def main(seed=0, epochs=20):
     x_train, y_train, x_test, y_test = datasets.train_test_split(random.key(seed), x, y)
     x_train, x_test = x_train / 16.0, x_test / 16.0
 
-    net = model()
+    net = tasks.digits_cnn()  # the model of `tinyfn train digits-cnn`
     print(layers.summary(net, (-1, 1, 8, 8)))
     batches = datasets.batches(random.key(seed + 2), x_train, y_train, batch_size=32)
     optimizer = optim.adam(optim.schedules.cosine_decay(3e-3, epochs * len(batches)))

@@ -224,3 +224,20 @@ def test_training_works_without_tqdm_and_says_how_to_get_a_bar(tmp_path):
     shown = _train_on_a_terminal(tmp_path / "run", before="import sys; sys.modules['tqdm'] = None")
     assert shown.strip() == "(no progress bar: it needs tqdm, pip install tqdm or tinyfn's extra 'progress')"
     assert (tmp_path / "run" / "checkpoint.msgpack").exists()
+
+
+def test_export_writes_an_onnx_model_that_gives_the_runs_outputs(tmp_path, capsys):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    out = tmp_path / "run"  # the CNN with BatchNorm: its running statistics go into the model
+    assert main(["train", "digits-cnn", "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    assert main(["export", str(out / "checkpoint.msgpack"), "--onnx", str(tmp_path / "m.onnx")]) == 0
+    state = checkpoint.load(out / "checkpoint.msgpack")["state"]
+    model = get_task("digits-cnn").model()
+    x = datasets.digits(images=True)[0][:5] / 16.0
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"input": x.astype(np.float32)})
+    expected, _ = model.apply(state["params"], x.astype(np.float32), state=state["model_state"])
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+    capsys.readouterr()
+    assert main(["export", str(out / "checkpoint.msgpack")]) == 2
+    assert "tinyfn export: error: expected --onnx FILE, --safetensors FILE or both" in capsys.readouterr().err

@@ -219,3 +219,7 @@ def test_iris_three_classes_reaches_95_percent(tmp_path, capsys):
 
 def test_digits_mlp_reaches_97_percent(tmp_path, capsys):
     assert _test_accuracy(tmp_path, "digits") >= 0.97
+
+
+def test_digits_cnn_reaches_98_percent(tmp_path, capsys):
+    assert _test_accuracy(tmp_path, "digits-cnn") >= 0.98

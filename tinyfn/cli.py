@@ -9,6 +9,8 @@
     tinyfn plot runs/digits                      # redraw the curves
     tinyfn train shakespeare-char                # a small GPT on Shakespeare, by steps
     tinyfn sample runs/shakespeare-char --tokens 500 --temperature 0.8 --seed 1 --prompt "Hamlet:"
+    tinyfn export runs/digits/checkpoint.msgpack --onnx digits.onnx --safetensors digits.safetensors
+    tinyfn train digits --ranks 4                # data-parallel on 4 local processes (MPI)
 
 A run folder holds ``checkpoint.msgpack`` (the latest training state and history),
 ``best.msgpack`` (the state at the best epoch by ``--monitor``), ``history.json`` and
@@ -32,6 +34,15 @@ the length it was made with, so the added epochs use its final rate (the same ra
 ``constant``, 1% of it for ``step``; ``cosine`` and ``warmup-cosine`` end at 0, so such runs
 cannot be extended).
 
+**Ranks.** ``--ranks N`` trains on N processes with MPI (the extra ``mpi``): the command
+starts ``mpiexec -n N python -m mpi4py -m tinyfn train ...`` with the same arguments and
+returns its exit status. Each rank computes the gradients of its shard of every batch and
+the ranks average them (:mod:`tinyfn.distributed`); only rank 0 prints and writes the run
+folder. The number of ranks is part of the run's configuration (N ranks train like one
+process accumulating N micro-batches, not like one process on the whole batch). On a
+cluster, start the ranks with its launcher, ``srun -n 64 python -m mpi4py -m tinyfn train
+...``: a process started as one of several ranks trains with all of them.
+
 A mistake in the command line or in the files it names ends the command with one line,
 ``tinyfn COMMAND: error: ...``, on stderr and exit status 2.
 """
@@ -39,6 +50,7 @@ A mistake in the command line or in the files it names ends the command with one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -47,6 +59,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, checkpoint, datasets, optim, random, train, tree
+from .export import command as export_command
 from .layers import init_with_state, summary
 from .tasks import TASKS, LanguageTask, get_task
 from .text import CharTokenizer, generate
@@ -55,7 +68,7 @@ from .text import CharTokenizer, generate
 # trained by epochs and of those trained by steps. With "task" and the length of the
 # learning-rate schedule ("schedule_epochs" or "schedule_steps", which only --extend makes
 # differ from "epochs" or "steps") they are the configuration saved in the run's checkpoints.
-_RUN_FLAGS = ("seed", "batch_size", "lr", "optimizer", "schedule", "weight_decay")
+_RUN_FLAGS = ("seed", "batch_size", "lr", "optimizer", "schedule", "weight_decay", "ranks")
 _EPOCH_FLAGS = ("epochs", "patience", "monitor")
 _STEP_FLAGS = ("steps", "eval_every")
 
@@ -135,6 +148,7 @@ def _task_defaults(task, optimizer: str) -> dict:
             "weight_decay": task.weight_decay if optimizer == "adamw" else 0.0,
             "steps": task.steps,
             "eval_every": task.eval_every,
+            "ranks": 1,
         }
     adaptive = optimizer in ("adam", "adamw", "rmsprop")
     return {
@@ -147,6 +161,7 @@ def _task_defaults(task, optimizer: str) -> dict:
         "epochs": task.epochs,
         "patience": 0,
         "monitor": "val_loss",
+        "ranks": 1,
     }
 
 
@@ -299,17 +314,48 @@ def _sample_text(model, state, tokenizer, context: int, *, prompt: str, tokens: 
 
 
 def cmd_train(args) -> int:
+    from .distributed import current_world  # imports MPI only in a process started as a rank
+
     task = get_task(args.task)
     out = _run_folder(args.out, task)
     resume = args.resume or args.extend
     saved = _saved_config(out) if resume else None
+    world = current_world()
+    if world.size > 1 and args.ranks is None:
+        args.ranks = world.size  # started by mpiexec or srun itself: a run of all its ranks
     config = run_config(args, task, saved)
-    if isinstance(task, LanguageTask):
-        return _train_by_steps(args, task, out, config, resume)
-    return _train_by_epochs(args, task, out, config, resume)
+    if config["ranks"] != world.size:
+        if world.size > 1:
+            raise CommandError(f"--ranks: expected the {world.size} ranks this process was started with, "
+                               f"found --ranks {config['ranks']}")
+        return _launch(args, config["ranks"])
+    train_run = _train_by_steps if isinstance(task, LanguageTask) else _train_by_epochs
+    if world.rank == 0:
+        return train_run(args, task, out, config, resume, world)
+    with contextlib.redirect_stdout(None):  # print() writes nothing when sys.stdout is None: rank 0 speaks
+        return train_run(args, task, out, config, resume, world)
 
 
-def _train_by_epochs(args, task, out: Path, config: dict, resume: bool) -> int:
+def _launch(args, ranks: int) -> int:
+    """Run this command on ``ranks`` local ranks under mpiexec; their exit status."""
+    from .distributed import launch
+
+    try:
+        return launch(ranks, args.argv)
+    except (ImportError, FileNotFoundError) as e:
+        raise CommandError(f"--ranks {ranks}: {e}") from None
+
+
+def _training_step(model, optimizer, loss_fn, metrics, world):
+    """The supervised step, or on several ranks its data-parallel form."""
+    if world.size == 1:
+        return train.supervised_step(model, optimizer, loss_fn, metrics=metrics)
+    from .distributed import data_parallel_step
+
+    return data_parallel_step(model, optimizer, loss_fn, metrics=metrics, world=world)
+
+
+def _train_by_epochs(args, task, out: Path, config: dict, resume: bool, world) -> int:
     data = task.load(config["seed"], args.data)
     key = random.key(config["seed"])
     # hold out a stratified validation split of the training set; the test split is only scored at the end
@@ -327,11 +373,15 @@ def _train_by_epochs(args, task, out: Path, config: dict, resume: bool) -> int:
         state, history = _resume(out, config, "epochs", learning_rate, schedule_steps, state)
     else:
         print(f"{task.description}\n{summary(model, input_shape)}")
+    state = world.broadcast(state)  # every rank starts from rank 0's state
     print(f"train {len(x_train)}, validation {len(x_val)}, test {len(data.x_test)} samples; "
           f"{config['optimizer']} lr={config['lr']} schedule={config['schedule']}, batch {config['batch_size']}, "
-          f"seed {config['seed']}, best epoch by {config['monitor']}")
+          f"seed {config['seed']}, best epoch by {config['monitor']}{_on_ranks(world)}")
 
-    hooks = [train.save_checkpoints(out, args.checkpoint_every, monitor=config["monitor"], metadata={"config": config})]
+    hooks = []
+    if world.rank == 0:  # the only rank that writes
+        hooks.append(train.save_checkpoints(out, args.checkpoint_every, monitor=config["monitor"],
+                                            metadata={"config": config}))
     epochs = config["epochs"]
     if config["patience"]:
         stop_early = train.early_stopping(config["monitor"], config["patience"])
@@ -341,7 +391,7 @@ def _train_by_epochs(args, task, out: Path, config: dict, resume: bool) -> int:
             print(f"the run stopped early at epoch {epochs}: "
                   f"{config['monitor']} did not improve for {config['patience']} epochs")
     state, history = train.train_epochs(
-        train.supervised_step(model, optimizer, task.loss, metrics=task.metrics),
+        _training_step(model, optimizer, task.loss, task.metrics, world),
         state,
         batches,
         epochs=epochs,
@@ -349,8 +399,10 @@ def _train_by_epochs(args, task, out: Path, config: dict, resume: bool) -> int:
         record=_learning_rate,
         history=history,
         hooks=hooks,
-        progress=_progress(args),
+        progress=_progress(args, world),
     )
+    if world.rank != 0:
+        return 0  # rank 0 writes the run
     test = _evaluate(task, model, state, data.x_test, data.y_test)
     checkpoint.save(
         out / "checkpoint.msgpack",
@@ -363,7 +415,7 @@ def _train_by_epochs(args, task, out: Path, config: dict, resume: bool) -> int:
     return 0
 
 
-def _train_by_steps(args, task, out: Path, config: dict, resume: bool) -> int:
+def _train_by_steps(args, task, out: Path, config: dict, resume: bool, world) -> int:
     # A new run takes the task's model, validation set and characters; a resumed one keeps its own.
     model_config = config.setdefault("model", dict(task.model_config))
     config.setdefault("validation_windows", task.validation_windows)
@@ -382,14 +434,16 @@ def _train_by_steps(args, task, out: Path, config: dict, resume: bool) -> int:
         state, history = _resume(out, config, "steps", learning_rate, config["schedule_steps"], state)
     else:
         print(f"{task.description}\n{summary(model, input_shape)}")
+    state = world.broadcast(state)  # every rank starts from rank 0's state
     windows, context = data.validation[0].shape
     print(f"train {len(data.train_ids):,} characters, validation {windows} windows of {context}; {config['optimizer']} "
           f"lr={config['lr']} schedule={config['schedule']}, batch {config['batch_size']}, {config['steps']} steps, "
-          f"validation every {config['eval_every']}, seed {config['seed']}")
+          f"validation every {config['eval_every']}, seed {config['seed']}{_on_ranks(world)}")
 
     train_key = random.fold_in(key, 2)  # as in the tasks by epochs: 2 for the batches, 3 for the initialisation
+    hooks = [train.save_checkpoints(out, args.checkpoint_every, metadata={"config": config})] if world.rank == 0 else []
     state, history = train.train_steps(
-        train.supervised_step(model, optimizer, task.loss, metrics={}),
+        _training_step(model, optimizer, task.loss, {}, world),
         state,
         lambda i: datasets.random_windows(random.fold_in(train_key, i), data.train_ids, config["batch_size"], context),
         steps=config["steps"],
@@ -397,9 +451,11 @@ def _train_by_steps(args, task, out: Path, config: dict, resume: bool) -> int:
         validate=lambda s: _text_loss(task, model, s, data.validation),
         record=_learning_rate,
         history=history,
-        hooks=[train.save_checkpoints(out, args.checkpoint_every, metadata={"config": config})],
-        progress=_progress(args),
+        hooks=hooks,
+        progress=_progress(args, world),
     )
+    if world.rank != 0:
+        return 0  # rank 0 writes the run
     checkpoint.save(out / "checkpoint.msgpack", train.snapshot(state, history),
                     metadata={"config": config, "step": history["step"][-1]})
     _write_outputs(out, history, f"tinyfn train {task.name} ({config['optimizer']}, seed {config['seed']})")
@@ -414,11 +470,19 @@ def _learning_rate(state) -> dict:
     return {"learning_rate": optim.current_learning_rate(state["opt_state"])}
 
 
-def _progress(args) -> bool:
-    """Whether to show a progress bar (said once: how to get one when tqdm is missing)."""
+def _progress(args, world) -> bool:
+    """Whether to show a progress bar (said once: how to get one when tqdm is missing); on
+    rank 0 only."""
+    if world.rank != 0:
+        return False
     if not args.no_progress:
         _hint_if_no_progress_bar()
     return not args.no_progress
+
+
+def _on_ranks(world) -> str:
+    """``", on 4 ranks"`` for a line describing a run of several ranks."""
+    return f", on {world.size} ranks" if world.size > 1 else ""
 
 
 def _resume(out: Path, config: dict, unit: str, learning_rate, schedule_steps: int, fresh_state) -> tuple:
@@ -596,6 +660,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="save checkpoint.msgpack every N epochs (every N validations for a text task)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (shown on a terminal when tqdm is installed)")
+    p.add_argument("--ranks", metavar="N", type=_positive_int,
+                   help="train on N local processes with MPI (the extra 'mpi'): runs mpiexec -n N python -m mpi4py -m "
+                   "tinyfn train ...; each rank takes 1/N of every batch (default: 1, or the ranks mpiexec or srun "
+                   "started this process with)")
     p.set_defaults(run=cmd_train)
 
     p = commands.add_parser("eval", help="test loss and accuracy of a checkpoint written by `tinyfn train`")
@@ -624,6 +692,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.set_defaults(run=cmd_inspect)
 
+    p = commands.add_parser("export", help="write a run's model as ONNX and/or its params as safetensors",
+                            description="Write the model of a run saved by `tinyfn train` as an ONNX model "
+                            "(inference: logits out, any batch size; for a text task, any sequence length up to "
+                            "the context) and/or its params as safetensors.")
+    export_command.add_arguments(p)
+    p.set_defaults(run=export_command.run)
+
     p = commands.add_parser("plot", help="draw the curves of a run folder to curves.png")
     p.add_argument("run_dir")
     p.set_defaults(run=cmd_plot)
@@ -638,6 +713,7 @@ def main(argv=None) -> int:
     with 2 itself for a malformed command line.
     """
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `train --ranks N` passes on to each rank
     try:
         return args.run(args)
     except (CommandError, ValueError, OSError, train.NonFiniteLossError) as e:

@@ -110,10 +110,34 @@ def _digits(seed, data_dir=None) -> Data:
     return _split_and_standardize(seed, x, y)
 
 
+def _digit_images(seed, data_dir=None) -> Data:
+    x, y = datasets.digits(images=True)  # (1797, 1, 8, 8), pixels in 0..16
+    x_train, y_train, x_test, y_test = datasets.train_test_split(random.key(seed), x, y)
+    return Data(x_train / 16.0, y_train, x_test / 16.0, y_test)
+
+
 def _mnist(seed, data_dir=None) -> Data:
     if data_dir is None:
         raise ValueError("the mnist task needs the folder of the MNIST IDX files: tinyfn train mnist --data DIR")
     return Data(*datasets.mnist(data_dir))
+
+
+def digits_cnn() -> layers.Layer:
+    """A small CNN for the 8x8 digits: (N, 1, 8, 8) images -> (N, 10) logits.
+
+    conv 3x3 16 (no bias) - BatchNorm - ReLU - conv 3x3 32 - ReLU - max-pool 2 - flatten -
+    dropout 0.3 - dense 10. Stateful: BatchNorm keeps running statistics.
+    """
+    return layers.serial(
+        conv.Conv2D(16, 3, padding="same", use_bias=False),  # BatchNorm's beta is the bias
+        conv.BatchNorm(),
+        layers.Relu(),
+        conv.Conv2D(32, 3, padding="same", activation="relu"),
+        conv.MaxPool2D(2),  # -> (N, 32, 4, 4)
+        layers.Flatten(),
+        layers.Dropout(0.3),
+        layers.Dense(10),
+    )
 
 
 def mnist_cnn() -> layers.Layer:
@@ -198,6 +222,16 @@ TASKS = {
             ),
             losses.softmax_cross_entropy,
             epochs=30,
+            batch_size=32,
+            lr=0.05,
+        ),
+        Task(
+            "digits-cnn",
+            "8x8 handwritten digits as images, a small CNN with BatchNorm and max pooling",
+            _digit_images,
+            digits_cnn,
+            losses.softmax_cross_entropy,
+            epochs=20,
             batch_size=32,
             lr=0.05,
         ),

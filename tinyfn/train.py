@@ -5,7 +5,10 @@ The core is :func:`fit`: ``state = step(state, batch)`` repeated over the batche
 Everything else here is a convenience around it:
 
 * :func:`init_train_state` and :func:`supervised_step` build the usual training state and
-  step from a model, a loss and an optimizer;
+  step from a model, a loss and an optimizer; the step's two halves,
+  :func:`supervised_gradients` and :func:`apply_gradients`, are there for steps that do
+  something between them (:func:`tinyfn.distributed.data_parallel_step` averages the
+  gradients over processes);
 * :func:`evaluate` averages the loss and the metrics that fit it over batches (accuracy for
   the classification losses, nothing else for mse: see :func:`default_metrics`);
 * :func:`train_epochs` runs epochs (reshuffled from a key), validates after each, prints
@@ -39,6 +42,8 @@ __all__ = [
     "init_train_state",
     "default_metrics",
     "supervised_step",
+    "supervised_gradients",
+    "apply_gradients",
     "predictor",
     "evaluate",
     "train_epochs",
@@ -130,9 +135,27 @@ def supervised_step(model: Layer, optimizer, loss_fn=losses.softmax_cross_entrop
     Returns ``step(state, (x, y)) -> (state, {"loss": float, name: float for each metric})``
     for :func:`fit`.
     """
-    from .optim import apply_updates
-
     metrics = default_metrics(loss_fn) if metrics is None else metrics
+    loss_and_grads = supervised_gradients(model, loss_fn, regularizer)
+
+    def step(state, batch):
+        x, y = batch
+        next_key, step_key = random.split(state["key"])
+        (loss, (predictions, model_state)), grads = loss_and_grads(state["params"], state["model_state"], x, y, step_key)
+        new_state = apply_gradients(optimizer, state, grads, model_state, next_key)
+        return new_state, {"loss": float(loss), **{name: metric(predictions, y) for name, metric in metrics.items()}}
+
+    return step
+
+
+def supervised_gradients(model: Layer, loss_fn=losses.softmax_cross_entropy, regularizer=None):
+    """The first half of :func:`supervised_step`: the loss of a batch and its gradients.
+
+    Returns ``loss_and_grads(params, model_state, x, y, key) -> ((loss, (predictions,
+    new_model_state)), grads)``: ``model`` applied to ``x`` in training mode (``key`` for
+    dropout), ``loss_fn(predictions, y)`` plus ``regularizer(params)`` if given, and the
+    gradients of that loss with respect to ``params`` (a tree like ``params``).
+    """
 
     def objective(params, model_state, x, y, key):
         predictions, new_model_state = apply_with_state(model, params, x, model_state, key=key, train=True)
@@ -141,23 +164,22 @@ def supervised_step(model: Layer, optimizer, loss_fn=losses.softmax_cross_entrop
             loss = loss + regularizer(params)
         return loss, (predictions, new_model_state)
 
-    loss_and_grads = value_and_grad(objective, has_aux=True)
+    return value_and_grad(objective, has_aux=True)
 
-    def step(state, batch):
-        x, y = batch
-        next_key, step_key = random.split(state["key"])
-        (loss, (predictions, model_state)), grads = loss_and_grads(state["params"], state["model_state"], x, y, step_key)
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        new_state = {
-            "params": apply_updates(state["params"], updates),
-            "opt_state": opt_state,
-            "model_state": model_state,
-            "step": state["step"] + 1,
-            "key": next_key,
-        }
-        return new_state, {"loss": float(loss), **{name: metric(predictions, y) for name, metric in metrics.items()}}
 
-    return step
+def apply_gradients(optimizer, state: dict, grads, model_state, key) -> dict:
+    """The second half of :func:`supervised_step`: the training state after ``optimizer``'s
+    update with ``grads``, with ``model_state`` and ``key`` as the new ones and ``step`` + 1."""
+    from .optim import apply_updates
+
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    return {
+        "params": apply_updates(state["params"], updates),
+        "opt_state": opt_state,
+        "model_state": model_state,
+        "step": state["step"] + 1,
+        "key": key,
+    }
 
 
 def predictor(model: Layer, state: dict):

@@ -4,7 +4,9 @@
   ``apply_updates``), the lean ``sgd_step`` and ``current_learning_rate``;
 * :mod:`tinyfn.optim.transforms`: the stages (scaling, clipping, weight decay, moments);
 * :mod:`tinyfn.optim.optimizers`: ``sgd``, ``adam``, ``adamw``, ``rmsprop``, ``adagrad``;
-* :mod:`tinyfn.optim.schedules`: learning-rate schedules (``step -> rate``).
+* :mod:`tinyfn.optim.schedules`: learning-rate schedules (``step -> rate``);
+* :mod:`tinyfn.optim.accumulate`: ``accumulate_gradients``, one update from several
+  micro-batches (a larger batch in the memory of a smaller one).
 
 A training step with an optimizer::
 
@@ -16,6 +18,7 @@ A training step with an optimizer::
 """
 
 from . import schedules
+from .accumulate import accumulate_gradients
 from .base import (
     LEARNING_RATE_KEY,
     GradientTransformation,
@@ -41,6 +44,7 @@ from .transforms import (
 
 __all__ = [
     "schedules",
+    "accumulate_gradients",
     "LEARNING_RATE_KEY",
     "GradientTransformation",
     "apply_updates",
