@@ -23,7 +23,10 @@ thread runs every step for its rows) and holds BLAS to one thread around the loo
 (``recurrent.STEP_BLAS_THREADS = 1``, through threadpoolctl). The alternatives are in the
 table too: ``tinyfn-one-thread-loop`` runs the loops on one thread, BLAS still held to one;
 ``tinyfn-one-thread-loop-blas-all`` runs them on one thread with BLAS on every thread
-(``STEP_BLAS_THREADS = None``), which is what numpy does by itself; ``tinyfn-blas-one-thread``
+(``STEP_BLAS_THREADS = None``), which is what numpy does by itself; ``tinyfn-python-loop``
+runs each step from Python (``recurrent.USE_NUMBA_LOOPS = False``: ``np.matmul``, then one
+kernel call) instead of the whole loop over time in one Numba kernel per thread that calls
+numpy's BLAS itself (``tinyfn.kernels.blas``); ``tinyfn-blas-one-thread``
 holds BLAS to one thread for the whole step, the dense layers' products too, leaving the
 second core to tinyfn's split of the recurrence. Below the table, the
 products alone: the step's forward product through numpy's BLAS on 1 thread and on all
@@ -34,6 +37,8 @@ kernels pass).
 and min-max of the repeats, which run round-robin after a warm-up, with a ``torch`` repeat
 before each round and after every other repeat (``common.measure``); *speed vs torch* is each
 repeat's speed against the mean of the two ``torch`` repeats around it (above 1: faster).
+Then the first training step in a fresh interpreter with an empty Numba cache (the kernels
+compile) and with a warm one.
 
 **Threads.** ``--threads`` (default: all cores) sets ``OMP_NUM_THREADS``,
 ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS`` and ``TINYFN_NUM_THREADS`` before numpy is
@@ -50,6 +55,7 @@ import os
 import time
 
 import common
+import transformer
 
 BATCH, STEPS, SYMBOLS, HIDDEN = 32, 50, 65, 128
 LEARNING_RATE = 0.1
@@ -101,11 +107,12 @@ def make_data(seed: int = 0):
 # weights (carried from step to step) and returns the loss.
 
 
-def tinyfn_step(params, x, y, static_graph: bool = False, split_batch: bool = True, step_blas_threads: int | None = 1, blas_threads: int | None = None):
+def tinyfn_step(params, x, y, static_graph: bool = False, split_batch: bool = True, step_blas_threads: int | None = 1, blas_threads: int | None = None, numba_loops: bool = True):
     """tinyfn as a user writes it. While the step runs, ``split_batch=False`` runs the steps of
     the recurrence on one thread (``kernels.threads`` set to 1) instead of splitting the batch
-    over the threads, ``step_blas_threads`` is ``recurrent.STEP_BLAS_THREADS``, and
-    ``blas_threads`` (if not None) limits BLAS for the whole step, dense layers included."""
+    over the threads, ``step_blas_threads`` is ``recurrent.STEP_BLAS_THREADS``,
+    ``blas_threads`` (if not None) limits BLAS for the whole step, dense layers included, and
+    ``numba_loops`` is ``recurrent.USE_NUMBA_LOOPS``."""
     from contextlib import nullcontext
 
     import tinyfn
@@ -116,15 +123,15 @@ def tinyfn_step(params, x, y, static_graph: bool = False, split_batch: bool = Tr
     controller = blas_controller() if blas_threads is not None else None
 
     def with_policy():
-        saved = threads.num_threads(), recurrent.STEP_BLAS_THREADS
+        saved = threads.num_threads(), recurrent.STEP_BLAS_THREADS, recurrent.USE_NUMBA_LOOPS
         threads.set_num_threads(saved[0] if split_batch else 1)
-        recurrent.STEP_BLAS_THREADS = step_blas_threads
+        recurrent.STEP_BLAS_THREADS, recurrent.USE_NUMBA_LOOPS = step_blas_threads, numba_loops
         try:
             with nullcontext() if controller is None else controller.limit(limits=blas_threads, user_api="blas"):
                 return step()
         finally:
             threads.set_num_threads(saved[0])
-            recurrent.STEP_BLAS_THREADS = saved[1]
+            recurrent.STEP_BLAS_THREADS, recurrent.USE_NUMBA_LOOPS = saved[1], saved[2]
 
     return with_policy
 
@@ -164,6 +171,7 @@ def torch_step(params, x, y):
 STEPS_BY_NAME = {
     "tinyfn": tinyfn_step,
     "tinyfn-static": lambda p, x, y: tinyfn_step(p, x, y, static_graph=True),
+    "tinyfn-python-loop": lambda p, x, y: tinyfn_step(p, x, y, numba_loops=False),
     "tinyfn-one-thread-loop": lambda p, x, y: tinyfn_step(p, x, y, split_batch=False),
     "tinyfn-one-thread-loop-blas-all": lambda p, x, y: tinyfn_step(p, x, y, split_batch=False, step_blas_threads=None),
     "tinyfn-blas-one-thread": lambda p, x, y: tinyfn_step(p, x, y, blas_threads=1),
@@ -213,6 +221,15 @@ def step_products(settings, threads: int) -> dict:
     return {name: timing.seconds.map(lambda s: s / PRODUCTS_PER_CALL * 1e6) for name, timing in timings.items()}
 
 
+def first_step_seconds() -> float:
+    """Seconds of tinyfn's first training step in this interpreter (the Numba kernels compile,
+    or load from the on-disk cache)."""
+    step = tinyfn_step(init_params(), *make_data())
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -240,6 +257,7 @@ def main(argv=None) -> dict:
     )
     foreign = meter.foreign_share()
     products = step_products(settings, args.threads) if importlib.util.find_spec("threadpoolctl") else {}
+    fresh = transformer.fresh_first_call(settings.fresh_runs, "recurrent", "first_step_seconds")
 
     print(f"LSTM training step: batch {BATCH}, {STEPS} steps, {SYMBOLS} one-hot inputs, {HIDDEN} hidden units, float32 (benchmarks/recurrent.py)")
     print(f"threads: {args.threads} (BLAS, OpenMP, PyTorch); load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
@@ -258,12 +276,15 @@ def main(argv=None) -> dict:
     if products:
         print("\none step's product h @ weight_hh.T, (32, 128) @ (128, 512), through numpy's BLAS:")
         print(common.format_table(["case", "us median (min-max)"], [[name, common.fmt_stats(s, 1)] for name, s in products.items()]))
+    cold, warm = common.fmt_stats(fresh["cold_s"], 2), common.fmt_stats(fresh["warm_s"], 2)
+    print(f"first training step in a fresh interpreter: empty kernel cache {cold} s (the kernels compile), warm cache {warm} s")
     print(f"benchmark time: {time.perf_counter() - start:.0f} s")
     return {
         "samples_per_s": {n: timings[n].per_second(BATCH).as_dict() for n in names},
         "speed_vs_torch": {n: timings[n].speed_vs_reference().as_dict() for n in names} if "torch" in names else {},
         "step_product_us": {n: s.as_dict() for n, s in products.items()},
         "losses": losses,
+        "fresh": {k: v.as_dict() for k, v in fresh.items()},
         "foreign_cpu": foreign,
     }
 

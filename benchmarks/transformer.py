@@ -247,15 +247,16 @@ def first_attention_seconds() -> float:
     return time.perf_counter() - start
 
 
-def fresh_first_call(runs: int) -> dict:
-    """``{"cold_s", "warm_s"}``: :func:`first_attention_seconds` in fresh interpreters with an
+def fresh_first_call(runs: int, module: str = "transformer", function: str = "first_attention_seconds") -> dict:
+    """``{"cold_s", "warm_s"}``: the seconds that ``module.function()`` (a benchmark module
+    of this folder, a function timing a first call) returns in fresh interpreters with an
     empty Numba cache (a new ``NUMBA_CACHE_DIR``), then with that cache filled."""
     code = "\n".join(
         [
             "import json, sys",
             f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})",
-            "import transformer",
-            "print(json.dumps({'seconds': transformer.first_attention_seconds()}))",
+            f"import {module}",
+            f"print(json.dumps({{'seconds': {module}.{function}()}}))",
         ]
     )
     cold, warm = [], []

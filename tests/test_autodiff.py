@@ -139,6 +139,37 @@ def test_user_defined_primitive_like_the_docstring_example():
     check_grads(cube, (np.array([[0.5, -1.2], [2.0, 0.3]]),))
 
 
+# The same primitive given by impl and keep: the output is np.power's, the residual is x.
+cube_kept = Primitive("test_cube_kept", vjp=_cube_vjp, impl=lambda x: np.power(x, 3), keep=lambda out, x: x)
+
+
+@covers("test_cube_kept", order=2)
+def test_a_primitive_given_by_impl_and_keep_differentiates_to_any_order():
+    x = np.array([1.0, -2.0])
+    np.testing.assert_array_equal(tinyfn.grad(lambda x: cube_kept(x).sum())(x), [3.0, 12.0])  # 3x^2
+    assert float(tinyfn.grad(tinyfn.grad(cube_kept))(2.0)) == 12.0  # 6x
+    assert float(tinyfn.grad(tinyfn.grad(tinyfn.grad(cube_kept)))(2.0)) == 6.0
+    out, residuals = cube_kept.forward(x)  # the forward built from impl and keep
+    np.testing.assert_array_equal(out, [1.0, -8.0])
+    assert residuals is x
+    check_grads(cube_kept, (np.array([[0.5, -1.2], [2.0, 0.3]]),), order=2)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"vjp": _cube_vjp},  # neither a forward nor impl and keep
+        {"vjp": _cube_vjp, "keep": lambda out, x: x},  # keep without impl
+        {"forward": _cube_forward, "vjp": _cube_vjp, "impl": np.negative, "keep": lambda out, x: x},  # both
+        {"forward": _cube_forward},  # no vjp
+    ],
+)
+def test_a_primitive_needs_a_vjp_and_one_forward(kwargs):
+    with pytest.raises(TypeError, match="give a vjp, and either a forward or both impl and keep"):
+        Primitive("test_incomplete", **kwargs)
+    assert "test_incomplete" not in PRIMITIVES
+
+
 def test_primitive_names_are_unique():
     with pytest.raises(ValueError, match="already exists"):
         Primitive("exp", _cube_forward, _cube_vjp)

@@ -2,13 +2,18 @@
 hypothesis-generated shapes, strides, paddings, dilations and groups; the pooling kernels
 and references both agree with maxima taken window by window, NaN and -inf included."""
 
+import math
+
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import tinyfn
+from gradient_registry import covers
 from tinyfn import kernels
 from tinyfn.kernels import reference
+from tinyfn.testing import arrays, check_grads, shapes
 
 DTYPES = st.sampled_from([np.float32, np.float64])
 TOLERANCE = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
@@ -267,3 +272,135 @@ def test_bias_relu_matches_reference(shape, dtype):
     dx_ref, db_ref = reference.bias_relu_vjp(g, out)
     assert_close(dx, dx_ref, dtype)
     assert_close(db, db_ref, dtype)
+
+
+# ----------------------------------------------------------------------------- GELU and the vectorised transcendentals
+
+
+def _ulps(found, exact, floor=1e-30):
+    """|found - exact| in units in the last place of the float32 nearest ``exact`` (at least
+    that of ``floor``)."""
+    scale = np.maximum(np.abs(exact), floor).astype(np.float32)
+    return np.abs(found.astype(np.float64) - exact) / np.spacing(scale).astype(np.float64)
+
+
+@pytest.mark.parametrize("approximate", [False, True])
+def test_gelu_kernel_in_float32_is_within_a_few_ulps_of_the_formula(approximate):
+    from tinyfn.kernels import gelu
+
+    x = np.concatenate([np.linspace(-12, 12, 48_001), np.geomspace(1e-8, 12, 2_001), -np.geomspace(1e-8, 12, 2_001)])
+    x = x.astype(np.float32)
+    y, d = gelu.gelu(x, approximate)
+    y_exact, d_exact = reference.gelu(x, approximate)
+    assert y.dtype == d.dtype == np.float32 and y.shape == d.shape == x.shape
+    assert _ulps(y, y_exact).max() <= 8
+    # the derivative is a sum of two terms, Phi(x) and x Phi'(x), each known to float32
+    # precision: its error is measured in units of the last place of the larger one
+    cdf = y_exact / np.where(x == 0, 1, x)
+    larger = np.maximum(np.abs(cdf), np.abs(d_exact - cdf))
+    moderate = np.abs(x) <= 5
+    error_in_ulps = np.abs(d - d_exact) / np.spacing(larger.astype(np.float32)).astype(np.float64)
+    assert error_in_ulps[moderate].max() <= 8
+    assert np.abs(d - d_exact).max() <= 3e-7
+
+
+@given(st.sampled_from([(7,), (3, 5), (2, 3, 40_000)]), st.booleans())
+def test_gelu_kernel_in_float64_is_the_formula(shape, approximate):
+    from tinyfn.kernels import gelu
+
+    x = normal(0, shape, np.float64) * 3
+    y, d = gelu.gelu(x, approximate)
+    y_exact, d_exact = reference.gelu(x, approximate)
+    np.testing.assert_allclose(y, y_exact, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(d, d_exact, rtol=1e-13, atol=1e-14)
+
+
+def test_gelu_kernel_keeps_nan_and_the_limits_at_infinity():
+    from tinyfn.kernels import gelu
+
+    for dtype in (np.float32, np.float64):
+        x = np.array([np.nan, np.inf, 30.0, -30.0, 0.0], dtype)
+        y, d = gelu.gelu(x)
+        assert np.isnan(y[0]) and np.isnan(d[0])
+        assert y[1] == np.inf and y[2] == 30 and y[3] == 0 and y[4] == 0
+        np.testing.assert_allclose(d[2:], [1, 0, 0.5], rtol=0, atol=1e-30)
+
+
+def test_vectorised_tanh_sigmoid_and_exp_agree_with_math():
+    from numba import njit
+
+    from tinyfn.kernels.transcendental import exp_minus_f32, sigmoid, tanh
+
+    @njit
+    def apply(x, t, s, e):
+        for i in range(x.shape[0]):
+            t[i], s[i] = tanh(x[i]), sigmoid(x[i])
+            e[i] = exp_minus_f32(abs(np.float64(x[i])))
+
+    x = np.concatenate([np.linspace(-90, 90, 20_001), np.linspace(-3, 3, 20_001)]).astype(np.float32)
+    t, s, e = (np.empty_like(x) for _ in range(3))
+    apply(x, t, s, e)
+    xs = x.astype(np.float64).tolist()
+    t_exact = np.array([np.tanh(v) for v in xs])
+    s_exact = np.array([1 / (1 + np.exp(-v)) for v in xs])
+    e_exact = np.exp(-np.abs(x.astype(np.float64)))
+    assert np.abs(t - t_exact).max() <= 1.5e-7 and np.abs(s - s_exact).max() <= 1e-7
+    normal_range = e_exact >= 1.2e-38
+    assert _ulps(e, e_exact)[normal_range].max() <= 2  # relative accuracy wherever float32 is normal
+    assert np.all(e[~normal_range] <= 1.2e-38)
+    # compiled for float64, tanh and sigmoid are math's
+    x64 = x.astype(np.float64)
+    t64, s64, e64 = (np.empty_like(x64) for _ in range(3))
+    apply(x64, t64, s64, e64)
+    np.testing.assert_array_equal(t64, [math.tanh(v) for v in x64.tolist()])
+    np.testing.assert_array_equal(s64, [1 / (1 + math.exp(-v)) for v in x64.tolist()])
+
+
+@covers("gelu", order=2)
+@settings(max_examples=25)
+@given(arrays(shapes(min_dims=1, max_dims=3), low=-5, high=5), st.booleans())
+def test_gelu_primitive_first_and_second_derivatives(x, approximate):
+    from tinyfn.layers.activations import gelu
+
+    check_grads(lambda x: gelu(x, approximate), (x,), order=2)
+
+
+def test_gelu_primitive_third_derivative_and_float32_route():
+    from tinyfn.layers.activations import gelu
+
+    x = np.linspace(-4, 4, 9) + 0.013
+    for approximate in (False, True):
+        check_grads(lambda x: gelu(x, approximate), (x,), order=3)
+        # float32 through the kernel: value and gradient agree with the float64 formula
+        value, grad = tinyfn.value_and_grad(lambda x: gelu(x, approximate).sum())(x.astype(np.float32))
+        y_exact, d_exact = reference.gelu(x.astype(np.float32), approximate)
+        assert grad.dtype == np.float32
+        np.testing.assert_allclose(value, y_exact.sum(), rtol=1e-6)
+        np.testing.assert_allclose(grad, d_exact, rtol=1e-6, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- numpy's BLAS from Numba
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_into_calls_numpys_blas_on_strided_rows(dtype):
+    from numba import njit
+
+    from tinyfn.kernels import blas
+
+    address = blas.gemm_address(dtype)
+    assert address is not None  # numpy's wheels bundle scipy-openblas64
+
+    @njit
+    def product(a, b, c, beta):
+        blas.matmul_into(address, a, b, c, beta)
+
+    for rows, depth, cols in [(1, 1, 1), (1, 3, 4), (5, 1, 2), (4, 7, 6)]:
+        a = normal(0, (rows, 3, depth + 2), dtype)[:, 1, 1 : depth + 1]  # strided rows, as states[:, t, :H]
+        b = np.ascontiguousarray(normal(1, (cols, depth), dtype).T)  # (1, n) arrays may report any row stride
+        out = normal(2, (rows, 2, cols + 1), dtype)
+        c = out[:, 1, :cols]
+        expected = a @ b + dtype(0.5) * c
+        product(a, b, c, dtype(0.5))
+        np.testing.assert_allclose(c, expected, **TOLERANCE[dtype])
+        np.testing.assert_array_equal(out[:, 0], normal(2, (rows, 2, cols + 1), dtype)[:, 0])  # nothing else written

@@ -126,12 +126,14 @@ def test_third_derivatives_of_the_norms():
     check_grads(lambda x, g: rms_norm(x, g), (x, gamma), order=3)
 
 
+@pytest.mark.parametrize("shape", [(3, 4, 7), (5, 130, 64)])  # the second: rows split over the threads
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("norm", ["layer_norm", "rms_norm"])
-def test_kernels_agree_with_the_traced_formulas(norm, dtype):
+def test_kernels_agree_with_the_traced_formulas(norm, dtype, shape):
     """On plain arrays the values and VJPs come from the kernels; differentiated once more
     (the arguments traced by an outer level) from the formulas in ops. Both give one answer."""
-    x, gamma, beta, u = normal(0, (3, 4, 7), dtype), normal(1, (7,), dtype), normal(2, (7,), dtype), normal(3, (3, 4, 7), dtype)
+    d = shape[-1]
+    x, gamma, beta, u = normal(0, shape, dtype), normal(1, (d,), dtype), normal(2, (d,), dtype), normal(3, shape, dtype)
     f, args = {"layer_norm": (layer_norm, (x, gamma, beta)), "rms_norm": (rms_norm, (x, gamma))}[norm]
     value, pullback = tinyfn.vjp(f, *args)
     from_kernels = (value, *pullback(u))
@@ -139,7 +141,27 @@ def test_kernels_agree_with_the_traced_formulas(norm, dtype):
     tolerance = 1e-5 if dtype == np.float32 else 1e-12
     for kernel, traced in zip(from_kernels, from_formulas, strict=True):
         assert kernel.dtype == dtype
-        np.testing.assert_allclose(kernel, traced, rtol=tolerance, atol=tolerance)
+        np.testing.assert_allclose(kernel, traced, rtol=tolerance, atol=tolerance * (1 + np.abs(traced).max()))
+
+
+@pytest.mark.parametrize("norm", ["layer_norm", "rms_norm"])
+def test_kernels_give_the_same_bits_on_any_number_of_threads(norm):
+    from tinyfn.kernels import threads
+
+    x, gamma, beta, u = normal(0, (700, 64), np.float32), normal(1, (64,), np.float32), normal(2, (64,), np.float32), normal(3, (700, 64), np.float32)
+    f, args = {"layer_norm": (layer_norm, (x, gamma, beta)), "rms_norm": (rms_norm, (x, gamma))}[norm]
+    saved = threads.num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            threads.set_num_threads(count)
+            value, pullback = tinyfn.vjp(f, *args)
+            results.append((value, *pullback(u)))
+    finally:
+        threads.set_num_threads(saved)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_norms_of_mixed_dtypes_and_of_empty_batches():

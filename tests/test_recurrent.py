@@ -203,6 +203,34 @@ def test_the_kernels_compute_what_the_steps_in_tinyfn_operations_compute(kind, d
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=10)
+@given(batch=st.integers(1, 4), steps=st.integers(1, 5), hidden=st.integers(1, 6), seed=st.integers(0, 100))
+def test_the_loops_in_numba_compute_what_the_python_loops_compute(kind, dtype, batch, steps, hidden, seed):
+    """The loops over time run in Numba, calling numpy's BLAS themselves, or from Python;
+    the same products and the same kernels, so the same numbers."""
+    from tinyfn.kernels import blas
+
+    assert blas.gemm_address(dtype) is not None  # numpy's bundled OpenBLAS: otherwise only the Python loop is tested
+    cell = R._KINDS[kind]
+    rows, width = cell.blocks * hidden, cell.state_width * hidden
+    xw, state = normal(seed, (batch, steps, rows), dtype), normal(seed + 1, (batch, width), dtype)
+    weight_hh, bias_hh = normal(seed + 2, (rows, hidden), dtype), normal(seed + 3, (rows,), dtype)
+    g = normal(seed + 4, (batch, steps, width), dtype)
+    results = []
+    for numba_loops in (True, False):
+        R.USE_NUMBA_LOOPS = numba_loops
+        try:
+            states, saved = R._forward_kernels(cell, xw, state, weight_hh, bias_hh)
+            results.append((states, saved, *R._backward_kernels(cell, g, states, saved, weight_hh)))
+        finally:
+            R.USE_NUMBA_LOOPS = True
+    tolerance = dict(rtol=1e-13, atol=1e-14) if dtype == np.float64 else dict(rtol=1e-6, atol=1e-6)
+    for found, expected in zip(*results, strict=True):
+        np.testing.assert_allclose(found, expected, **tolerance)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_results_do_not_depend_on_the_threads_or_the_blas_policy(kind, monkeypatch):
     batch, steps, features, hidden = 7, 9, 3, 8
     layer, p = LAYERS[kind](hidden, dtype=np.float32), cell_params(kind, features, hidden, dtype=np.float32)

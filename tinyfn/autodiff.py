@@ -4,7 +4,9 @@ The model in five sentences:
 
 1. A :class:`Primitive` is a forward function plus a hand-written VJP rule.
    ``forward(*args, **params) -> (out, residuals)`` computes the output and keeps what the
-   backward pass will need; ``vjp(g, residuals, needs) -> cotangents`` maps the cotangent ``g``
+   backward pass will need (a primitive whose output is just its numpy ``impl``'s gives
+   ``keep(out, *args, **params) -> residuals`` instead, and the forward is built from the
+   two); ``vjp(g, residuals, needs) -> cotangents`` maps the cotangent ``g``
    of the output to one cotangent per positional input (``None`` where ``needs[i]`` is False,
    so no work is spent on inputs that do not need a gradient, such as the data batch).
 2. Each call of :func:`vjp`, :func:`grad` or :func:`value_and_grad` opens a *trace*, a level
@@ -91,27 +93,42 @@ class Primitive:
       nondiff: positions of arguments that never get a gradient: integer or boolean inputs
         (labels, indices, masks) and inputs the output depends on only piecewise-constantly.
         Their ``needs`` entry is always False.
+      keep: for a primitive whose output is just ``impl``'s, instead of ``forward``:
+        ``keep(out, *args, **params) -> residuals``, what the VJP needs, from the output and
+        the arguments. The forward is then ``out = impl(*args, **params)`` on plain values (or
+        the primitive itself, recording on the outer trace, when an argument is a Node of
+        one), followed by ``keep``: a traced op of a first-order gradient runs ``impl``
+        directly, with no second dispatch.
 
-    Defining a primitive with the name of an existing one replaces it when both forwards are
-    the same function of the same module (re-running a notebook cell), and is an error otherwise.
+    Defining a primitive with the name of an existing one replaces it when both forwards (or
+    both ``keep`` functions) are the same function of the same module (re-running a notebook
+    cell), and is an error otherwise.
 
-    A ValueError, TypeError or IndexError raised by numpy inside ``impl`` or ``forward`` is
-    raised again from here, as the same built-in type naming the primitive and what it was
-    given (see :func:`_explained`).
+    A ValueError, TypeError or IndexError raised by numpy inside ``impl``, ``forward`` or
+    ``keep`` is raised again from here, as the same built-in type naming the primitive and
+    what it was given (see :func:`_explained`).
     """
 
-    __slots__ = ("name", "forward", "vjp", "impl", "nondiff")
+    __slots__ = ("name", "forward", "vjp", "impl", "nondiff", "keep")
 
-    def __init__(self, name: str, forward, vjp, impl=None, nondiff=()):
+    def __init__(self, name: str, forward=None, vjp=None, impl=None, nondiff=(), keep=None):
+        if vjp is None or (forward is None) == (keep is None) or (keep is not None and impl is None):
+            raise TypeError(f"primitive {name!r}: give a vjp, and either a forward or both impl and keep")
         earlier = PRIMITIVES.get(name)
-        if earlier is not None and _definition(earlier.forward) != _definition(forward):
+        if earlier is not None and _definition(earlier.keep or earlier.forward) != _definition(keep or forward):
             raise ValueError(f"a primitive named {name!r} already exists; choose another name")
         self.name = name
-        self.forward = forward
+        self.forward = forward if forward is not None else self._forward_with_keep
         self.vjp = vjp
         self.impl = impl if impl is not None else (lambda *args, **params: forward(*args, **params)[0])
         self.nondiff = frozenset(nondiff)
+        self.keep = keep
         PRIMITIVES[name] = self
+
+    def _forward_with_keep(self, *args, **params):
+        """The forward of a primitive given by ``impl`` and ``keep``."""
+        out = self(*args, **params)
+        return out, self.keep(out, *args, **params)
 
     def __call__(self, *args, **params):
         try:
@@ -120,23 +137,43 @@ class Primitive:
                     break
             else:  # no traced argument: just compute, recording nothing
                 return self.impl(*args, **params)
-            trace = a.trace  # the innermost trace among the arguments records the call
-            for a in args:
-                if type(a) is Node and a.trace is not trace and a.trace.level > trace.level:
-                    trace = a.trace
-            # Unwrap this trace's Nodes only: Nodes of outer traces go into the forward, which
-            # records them on their own tapes.
-            inner = [a.value if type(a) is Node and a.trace is trace else a for a in args]
-            out, residuals = self.forward(*inner, **params)
+            trace = a.trace  # the trace that records the call, unless values of another one are here too
+            inner = [b.value if type(b) is Node and b.trace is trace else b for b in args]
+            for b in inner:
+                if type(b) is Node:  # values of several traces: this call is differentiated more than once
+                    out, residuals, trace = self._nested_forward(args, params)
+                    break
+            else:  # plain values under one trace (a first-order gradient): numpy or Numba directly
+                keep = self.keep
+                if keep is None:
+                    out, residuals = self.forward(*inner, **params)
+                else:
+                    out = self.impl(*inner, **params)
+                    residuals = keep(out, *inner, **params)
         except _EXPLAINABLE as error:  # a try costs nothing until something is raised
             explained = _explained(self.name, error, args, params)
             if explained is error:
                 raise
             raise explained from error
         node = Node(out, self, args, residuals, params, None, trace)
-        if trace.tape is not None:
-            trace.tape.append(node)
+        tape = trace.tape
+        if tape is not None:
+            tape.append(node)
         return node
+
+    def _nested_forward(self, args: tuple, params: dict) -> tuple:
+        """``(out, residuals, trace)`` of a call whose arguments hold values of several traces.
+
+        The innermost trace among the arguments records the call. Only its Nodes are unwrapped:
+        Nodes of outer traces go into the forward, which records what it computes from them on
+        their own tapes (for a primitive given by ``keep``, the primitive itself records there).
+        """
+        trace = next(a.trace for a in args if type(a) is Node)
+        for a in args:
+            if type(a) is Node and a.trace.level > trace.level:
+                trace = a.trace
+        out, residuals = self.forward(*[a.value if type(a) is Node and a.trace is trace else a for a in args], **params)
+        return out, residuals, trace
 
     def needs(self, args, trace) -> tuple:
         """For each argument, whether the backward pass of ``trace`` needs its cotangent."""
@@ -146,20 +183,24 @@ class Primitive:
                 needs[i] = False
         return tuple(needs)
 
-    def check_cotangents(self, cotangents, arg_shapes, needs) -> None:
-        """Raise :class:`VJPError` unless the VJP returned one usable cotangent per needed argument."""
+    def check_cotangents(self, cotangents, args, needs) -> None:
+        """Raise :class:`VJPError` unless the VJP returned one usable cotangent per needed argument.
+
+        ``args`` are the primitive's positional arguments (arrays, scalars or Nodes): a needed
+        cotangent must have the shape of its argument and a floating dtype.
+        """
         if type(cotangents) is not tuple or len(cotangents) != len(needs):
             found = f"{len(cotangents)} cotangents" if isinstance(cotangents, (tuple, list)) else f"a {type(cotangents).__name__}"
             raise VJPError(f"the VJP of primitive {self.name!r} must return a tuple of {len(needs)} cotangents (one per argument), found {found}")
-        for i, (ct, need) in enumerate(zip(cotangents, needs)):
-            if not need:
+        for i, (ct, arg, need) in enumerate(zip(cotangents, args, needs)):
+            if not need or _usual_cotangent(ct, arg.value if type(arg) is Node else arg):
                 continue
             if ct is None:
-                raise VJPError(f"the VJP of primitive {self.name!r} returned None for argument {i}, which needs a gradient (shape {arg_shapes[i]})")
-            if np.shape(ct) != arg_shapes[i]:
+                raise VJPError(f"the VJP of primitive {self.name!r} returned None for argument {i}, which needs a gradient (shape {np.shape(arg)})")
+            if np.shape(ct) != np.shape(arg):
                 raise VJPError(
                     f"the VJP of primitive {self.name!r} returned a cotangent of shape {np.shape(ct)} for argument {i}, "
-                    f"expected its shape {arg_shapes[i]} (a broadcast argument needs its cotangent summed back: ops.unbroadcast)"
+                    f"expected its shape {np.shape(arg)} (a broadcast argument needs its cotangent summed back: ops.unbroadcast)"
                 )
             if np.result_type(primal_value(ct)).kind not in "fc":
                 raise VJPError(
@@ -172,6 +213,12 @@ class Primitive:
 
 
 _EXPLAINABLE = (ValueError, TypeError, IndexError)
+
+
+def _usual_cotangent(ct, value) -> bool:
+    """True for the usual, valid cotangent: a float numpy array shaped like the numpy array
+    ``value`` (the backward pass checks this inline, and the full check runs for anything else)."""
+    return type(ct) is np.ndarray and type(value) is np.ndarray and ct.shape == value.shape and ct.dtype.kind in "fc"
 
 
 def _explained(name: str, error: Exception, args: tuple, params: dict) -> Exception:
@@ -376,11 +423,14 @@ def _backward(tape: list[Node], roots: list[Node], seeds: list) -> dict[int, obj
         else:
             needs = tuple([type(a) is Node and a.trace is trace for a in args])
         cotangents = primitive.vjp(g, node.residuals, needs)
+        if type(cotangents) is not tuple or len(cotangents) != len(args):
+            primitive.check_cotangents(cotangents, args, needs)  # raises, naming the primitive
         checked = False
         for a, ct, need in zip(args, cotangents, needs):
             if need:
-                # The usual case, checked inline: numpy arrays of one shape, a float cotangent.
-                # Anything else gets the full check, once, which names a mistake.
+                # The usual case (_usual_cotangent, written out: this is tinyfn's hottest loop)
+                # costs a few attribute reads; anything else gets the full check, once per node,
+                # which names a mistake (or passes a Node of an outer trace).
                 value = a.value
                 if not (
                     checked
@@ -389,12 +439,11 @@ def _backward(tape: list[Node], roots: list[Node], seeds: list) -> dict[int, obj
                     and ct.shape == value.shape
                     and ct.dtype.kind in "fc"
                 ):
-                    primitive.check_cotangents(cotangents, [np.shape(a) for a in args], needs)
+                    primitive.check_cotangents(cotangents, args, needs)
                     checked = True
-                earlier = pending.get(id(a))
-                pending[id(a)] = ct if earlier is None else earlier + ct  # a value used twice
-        if not checked and (type(cotangents) is not tuple or len(cotangents) != len(args)):
-            primitive.check_cotangents(cotangents, [np.shape(a) for a in args], needs)
+                key = id(a)
+                earlier = pending.get(key)
+                pending[key] = ct if earlier is None else earlier + ct  # a value used twice
     return pending
 
 

@@ -215,6 +215,7 @@ def _conv2d_forward(x, w, b, *, relu, **geometry):
     return y, (x, w, y if relu else None, cols, geometry)
 
 
+# VJP derived in docs/book/05-convolutions.md#vjp-conv2d
 def _conv2d_vjp(g, res, needs):
     # y = conv2d(x, w) + b, maybe followed by a ReLU, which g goes back through first. Then
     # dx = conv_transpose2d(g, w) (the adjoint of x -> conv2d(x, w)), dw = corr(x, g) and db = sum of g.
@@ -240,6 +241,7 @@ def _conv2d_vjp(g, res, needs):
 _conv2d = Primitive("conv2d", _conv2d_forward, _conv2d_vjp, impl=lambda *args, **params: _convolve(*args, **params)[0])
 
 
+# VJP derived in docs/book/05-convolutions.md#vjp-conv_transpose2d
 def _conv_transpose2d_vjp(g, res, needs):
     # y = conv_transpose2d(x, w) + b is the adjoint of u -> conv2d(u, w), so
     # <g, y> = <conv2d(g, w), x> + <sum of g, b>: the roles of input and cotangent exchanged.
@@ -262,12 +264,13 @@ def _transposed_convolution_vjps(g, x, w, geometry):
 
 _conv_transpose2d = Primitive(
     "conv_transpose2d",
-    lambda x, w, b, **params: (_conv_transpose2d(x, w, b, **params), (x, w, _geometry(params))),
-    _conv_transpose2d_vjp,
+    vjp=_conv_transpose2d_vjp,
     impl=_transposed_convolve,
+    keep=lambda out, x, w, b, **params: (x, w, _geometry(params)),
 )
 
 
+# VJP derived in docs/book/05-convolutions.md#vjp-conv2d_weight_grad
 def _conv2d_weight_grad_vjp(ct, res, needs):
     # corr(x, g) is bilinear: <ct, corr(x, g)> = <conv2d(x, ct), g> = <x, conv_transpose2d(g, ct)>.
     x, g, geometry = res
@@ -279,9 +282,9 @@ def _conv2d_weight_grad_vjp(ct, res, needs):
 
 _conv2d_weight_grad = Primitive(
     "conv2d_weight_grad",
-    lambda x, g, **params: (_conv2d_weight_grad(x, g, **params), (x, g, _geometry(params))),
-    _conv2d_weight_grad_vjp,
+    vjp=_conv2d_weight_grad_vjp,
     impl=_correlate,
+    keep=lambda out, x, g, **params: (x, g, _geometry(params)),
 )
 """``_conv2d_weight_grad(x, g, w_shape=, stride=, padding=, dilation=, groups=)``: the
 cotangent of the weight ``w_shape`` of ``conv2d(x, w)`` whose output has cotangent ``g``."""
@@ -406,6 +409,7 @@ def _max_pool2d_forward(x, *, window, stride, padding):
     return y, (argmax, np.shape(x), padding)  # the winners are constant where the gradient exists
 
 
+# VJP derived in docs/book/05-convolutions.md#vjp-max_pool2d
 _max_pool2d = Primitive(
     "max_pool2d",
     _max_pool2d_forward,
@@ -422,27 +426,30 @@ def _winners(argmax, x_shape, padding) -> tuple:
     return np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None], rows - padding[0], cols - padding[1]
 
 
+# VJP derived in docs/book/05-convolutions.md#vjp-max_pool2d_backward
 _max_pool2d_backward = Primitive(
     "max_pool2d_backward",
-    lambda g, argmax, **params: (_max_pool2d_backward(g, argmax, **params), (argmax, params["x_shape"], params["padding"])),
-    lambda ct, res, needs: (ops.getitem(ct, _winners(*res)), None),
+    vjp=lambda ct, res, needs: (ops.getitem(ct, _winners(*res)), None),
     impl=lambda g, argmax, *, x_shape, padding: kernels.max_pool2d_vjp(g, argmax, x_shape, padding),
     nondiff=(1,),
+    keep=lambda out, g, argmax, *, x_shape, padding: (argmax, x_shape, padding),
 )
 """``_max_pool2d_backward(g, argmax, x_shape=, padding=)``: zeros shaped ``x_shape`` with each
 entry of ``g`` (the pooling's output cotangent) added at its window's winner."""
 
+# VJP derived in docs/book/05-convolutions.md#vjp-avg_pool2d
 _avg_pool2d = Primitive(
     "avg_pool2d",
-    lambda x, **config: (_avg_pool2d(x, **config), (np.shape(x), config)),
-    lambda g, res, needs: (_avg_pool2d_backward(g, x_shape=res[0], **res[1]),),
+    vjp=lambda g, res, needs: (_avg_pool2d_backward(g, x_shape=res[0], **res[1]),),
     impl=lambda x, *, window, stride, padding: kernels.avg_pool2d(*_promote(x), window, stride, padding),
+    keep=lambda out, x, **config: (np.shape(x), config),
 )
+# VJP derived in docs/book/05-convolutions.md#vjp-avg_pool2d_backward
 _avg_pool2d_backward = Primitive(
     "avg_pool2d_backward",
-    lambda g, *, x_shape, **config: (_avg_pool2d_backward(g, x_shape=x_shape, **config), config),
-    lambda ct, config, needs: (_avg_pool2d(ct, **config),),
+    vjp=lambda ct, config, needs: (_avg_pool2d(ct, **config),),
     impl=lambda g, *, x_shape, window, stride, padding: kernels.avg_pool2d_vjp(g, x_shape, window, stride, padding),
+    keep=lambda out, g, *, x_shape, **config: config,
 )
 """``_avg_pool2d_backward(g, x_shape=, window=, stride=, padding=)``: each entry of ``g`` shared
 equally over its window, in zeros shaped ``x_shape``. Padding counts in every window's size,
@@ -468,6 +475,7 @@ def avg_pool2d(x, window, stride=None, padding=0):
     return _avg_pool2d(x, window=window, stride=stride, padding=padding)
 
 
+# VJP derived in docs/book/05-convolutions.md#vjp-global_avg_pool2d
 def _global_avg_pool2d_vjp(g, x_shape, needs):
     n, c, h, w = x_shape
     return (ops.broadcast_to(ops.reshape(g / (h * w), (n, c, 1, 1)), x_shape),)
@@ -475,9 +483,9 @@ def _global_avg_pool2d_vjp(g, x_shape, needs):
 
 _global_avg_pool2d = Primitive(
     "global_avg_pool2d",
-    lambda x: (_global_avg_pool2d(x), np.shape(x)),
-    _global_avg_pool2d_vjp,
+    vjp=_global_avg_pool2d_vjp,
     impl=lambda x: np.mean(x, axis=(2, 3)),
+    keep=lambda out, x: np.shape(x),
 )
 
 
@@ -553,6 +561,7 @@ def _batch_norm_forward(x, gamma, beta, *, axis, eps):
     return x_hat * gamma + ops.reshape(beta, shape), (x_hat, inv_std, gamma, axes)
 
 
+# VJP derived in docs/book/05-convolutions.md#vjp-batch_norm
 def _batch_norm_vjp(g, res, needs):
     # y = gamma * x_hat + beta with x_hat = (x - mean) * inv_std. The mean and the variance
     # depend on every sample, hence the two batch-wide correction terms in dx.

@@ -100,6 +100,7 @@ def _sce_forward(logits, labels, *, reduction):
     return out, (logits, probs, labels, count, reduction)
 
 
+# VJP derived in docs/book/03-layers-and-losses.md#vjp-softmax_cross_entropy
 def _sce_vjp(g, res, needs):
     # loss = -sum(labels * log_softmax(logits)), so d/dlogits = softmax(logits) * sum(labels) - labels,
     # which is p - onehot for class labels, and d/dlabels = -log_softmax(logits).
@@ -182,6 +183,7 @@ def _bce_impl(logits, labels, *, reduction):
     return _reduce(per_item, reduction)
 
 
+# VJP derived in docs/book/03-layers-and-losses.md#vjp-binary_cross_entropy_with_logits
 def _bce_vjp(g, res, needs):
     # d/dz = sigmoid(z) - y and d/dy = -z, per item
     logits, labels, reduction = res
@@ -194,12 +196,9 @@ def _bce_vjp(g, res, needs):
 
 _binary_cross_entropy = Primitive(
     "binary_cross_entropy_with_logits",
-    lambda logits, labels, *, reduction: (
-        _binary_cross_entropy(logits, labels, reduction=reduction),  # checks the labels on plain arrays
-        (logits, labels, reduction),
-    ),
-    _bce_vjp,
-    impl=_bce_impl,
+    vjp=_bce_vjp,
+    impl=_bce_impl,  # checks the labels on plain arrays
+    keep=lambda out, logits, labels, *, reduction: (logits, labels, reduction),
 )
 
 
@@ -226,6 +225,7 @@ def binary_cross_entropy_with_logits(logits, labels, reduction: str = "mean"):
 # ----------------------------------------------------------------------------- mean squared error
 
 
+# VJP derived in docs/book/03-layers-and-losses.md#vjp-mse
 def _mse_vjp(g, res, needs):
     diff, reduction = res
     g_diff = 2 * diff * _item_cotangent(g, np.size(primal_value(diff)), reduction)
@@ -234,12 +234,9 @@ def _mse_vjp(g, res, needs):
 
 _mse = Primitive(
     "mse",
-    lambda predictions, targets, *, reduction: (
-        _mse(predictions, targets, reduction=reduction),
-        (ops.subtract(predictions, targets), reduction),
-    ),
-    _mse_vjp,
+    vjp=_mse_vjp,
     impl=lambda predictions, targets, *, reduction: _reduce(np.square(np.subtract(predictions, targets)), reduction),
+    keep=lambda out, predictions, targets, *, reduction: (ops.subtract(predictions, targets), reduction),
 )
 
 

@@ -6,12 +6,14 @@ like numpy, and their VJP rules sum the cotangent back over the broadcast axes
 (:func:`unbroadcast`). Each VJP rule receives ``(g, residuals, needs)`` and returns one
 cotangent per positional argument, skipping the ones nobody needs.
 
-The forward functions compute their output by calling the primitive itself (on plain arrays
-that runs numpy; on the Nodes of an outer trace it records there), and the VJP rules are
-written with these same primitives. So every rule can be differentiated again: the VJP of
-``exp`` is a ``multiply``, whose VJP is a ``multiply``, and so on to any order. Masks that
-a rule reads from values (which entry won a ``max``, where ``relu``'s input was positive)
-are piecewise constant, so they are constants to every level.
+Each primitive here is its numpy (or Numba) ``impl`` plus a ``keep`` function naming what its
+VJP needs (see :class:`~tinyfn.autodiff.Primitive`): on the plain arrays of a first-order
+gradient the traced call runs ``impl`` directly; on the Nodes of an outer trace the primitive
+records the output there. The VJP rules are written with these same primitives, so every rule
+can be differentiated again: the VJP of ``exp`` is a ``multiply``, whose VJP is a
+``multiply``, and so on to any order. Masks that a rule reads from values (which entry won a
+``max``, where ``relu``'s input was positive) are piecewise constant, so they are constants
+to every level.
 
 Importing this module also gives Nodes their operators (``+ - * / ** @``, indexing, ...).
 
@@ -45,9 +47,17 @@ from .kernels.special import erf as _erf_kernel
 # ----------------------------------------------------------------------------- helpers
 
 
+def _shape_of(x) -> tuple:
+    """``np.shape(x)``, read straight from an array: ``np.shape`` is a Python function behind a
+    dispatcher, and the forwards and VJP rules ask for shapes several times per traced op."""
+    if type(x) is np.ndarray:
+        return x.shape
+    return () if type(x) is float or type(x) is int else np.shape(x)
+
+
 def unbroadcast(g, shape: tuple):
     """Sum ``g`` over the axes that broadcasting added or stretched, so it has ``shape``."""
-    g_shape = np.shape(g)
+    g_shape = g.shape if type(g) is np.ndarray else _shape_of(g)  # read inline: this runs for most binary ops
     if g_shape == shape:
         return g
     lead = len(g_shape) - len(shape)
@@ -69,21 +79,20 @@ def _kept_shape(shape: tuple, axis) -> tuple:
     return tuple(1 if i in reduced else n for i, n in enumerate(shape))
 
 
-def _shape_of(x) -> tuple:
-    return np.shape(x)
-
-
 # ----------------------------------------------------------------------------- binary, broadcasting
 
 
+# VJP derived in docs/book/02-primitives.md#vjp-add
 def _add_vjp(g, shapes, needs):
     return (unbroadcast(g, shapes[0]) if needs[0] else None, unbroadcast(g, shapes[1]) if needs[1] else None)
 
 
+# VJP derived in docs/book/02-primitives.md#vjp-subtract
 def _subtract_vjp(g, shapes, needs):
     return (unbroadcast(g, shapes[0]) if needs[0] else None, unbroadcast(-g, shapes[1]) if needs[1] else None)
 
 
+# VJP derived in docs/book/02-primitives.md#vjp-multiply
 def _multiply_vjp(g, xy, needs):
     x, y = xy
     return (
@@ -92,6 +101,7 @@ def _multiply_vjp(g, xy, needs):
     )
 
 
+# VJP derived in docs/book/02-primitives.md#vjp-divide
 def _divide_vjp(g, res, needs):
     x, y, out = res
     return (
@@ -100,6 +110,7 @@ def _divide_vjp(g, res, needs):
     )
 
 
+# VJP derived in docs/book/02-primitives.md#vjp-power
 def _power_vjp(g, res, needs):
     x, y, out = res
     gx = gy = None
@@ -115,6 +126,7 @@ def _power_vjp(g, res, needs):
     return gx, gy
 
 
+# VJPs derived in docs/book/02-primitives.md#vjp-maximum and #vjp-minimum
 def _extremum_vjp(g, res, needs):
     """VJP of maximum/minimum: the cotangent goes to the winner; ties split it evenly."""
     x, y, out = res
@@ -129,18 +141,28 @@ def _extremum_vjp(g, res, needs):
     )
 
 
-add = Primitive("add", lambda x, y: (add(x, y), (_shape_of(x), _shape_of(y))), _add_vjp, impl=np.add)
-subtract = Primitive(
-    "subtract", lambda x, y: (subtract(x, y), (_shape_of(x), _shape_of(y))), _subtract_vjp, impl=np.subtract
-)
-multiply = Primitive("multiply", lambda x, y: (multiply(x, y), (x, y)), _multiply_vjp, impl=np.multiply)
-divide = Primitive("divide", lambda x, y: ((out := divide(x, y)), (x, y, out)), _divide_vjp, impl=np.divide)
-power = Primitive("power", lambda x, y: ((out := power(x, y)), (x, y, out)), _power_vjp, impl=np.power)
-maximum = Primitive("maximum", lambda x, y: ((out := maximum(x, y)), (x, y, out)), _extremum_vjp, impl=np.maximum)
-minimum = Primitive("minimum", lambda x, y: ((out := minimum(x, y)), (x, y, out)), _extremum_vjp, impl=np.minimum)
+def _keep_shapes(out, x, y):
+    return _shape_of(x), _shape_of(y)
+
+
+def _keep_inputs(out, x, y):
+    return x, y
+
+
+def _keep_all(out, x, y):
+    return x, y, out
+
+
+add = Primitive("add", vjp=_add_vjp, impl=np.add, keep=_keep_shapes)
+subtract = Primitive("subtract", vjp=_subtract_vjp, impl=np.subtract, keep=_keep_shapes)
+multiply = Primitive("multiply", vjp=_multiply_vjp, impl=np.multiply, keep=_keep_inputs)
+divide = Primitive("divide", vjp=_divide_vjp, impl=np.divide, keep=_keep_all)
+power = Primitive("power", vjp=_power_vjp, impl=np.power, keep=_keep_all)
+maximum = Primitive("maximum", vjp=_extremum_vjp, impl=np.maximum, keep=_keep_all)
+minimum = Primitive("minimum", vjp=_extremum_vjp, impl=np.minimum, keep=_keep_all)
 
 # ----------------------------------------------------------------------------- unary, elementwise
-# Each forward keeps the one value its derivative is written in terms of.
+# Each keeps the one value its derivative is written in terms of: its input or its output.
 
 
 def _stable_sigmoid(x):
@@ -149,47 +171,57 @@ def _stable_sigmoid(x):
     return np.where(np.asarray(x) >= 0, 1 / (1 + e), e / (1 + e))
 
 
+# VJP derived in docs/book/02-primitives.md#vjp-relu_backward
 def _relu_backward_vjp(g, y, needs):
     return (relu_backward(g, y), None)  # linear in g: the same mask again
 
 
 relu_backward = Primitive(
-    "relu_backward",
-    lambda g, y: (relu_backward(g, y), y),
-    _relu_backward_vjp,
-    impl=lambda g, y: relu_vjp(g, y),
-    nondiff=(1,),
+    "relu_backward", vjp=_relu_backward_vjp, impl=lambda g, y: relu_vjp(g, y), nondiff=(1,), keep=lambda out, g, y: y
 )
 """``relu_backward(g, y) = g * (y > 0)``: the VJP of ``relu`` with output ``y`` (one fused pass)."""
 
-negative = Primitive("negative", lambda x: (negative(x), None), lambda g, _, needs: (-g,), impl=np.negative)
-exp = Primitive("exp", lambda x: ((y := exp(x)), y), lambda g, y, needs: (g * y,), impl=np.exp)
-log = Primitive("log", lambda x: (log(x), x), lambda g, x, needs: (g / x,), impl=np.log)
-sqrt = Primitive("sqrt", lambda x: ((y := sqrt(x)), y), lambda g, y, needs: (g / (2 * y),), impl=np.sqrt)
-abs = Primitive("abs", lambda x: (abs(x), x), lambda g, x, needs: (g * np.sign(primal_value(x)),), impl=np.abs)
-tanh = Primitive("tanh", lambda x: ((y := tanh(x)), y), lambda g, y, needs: (g * (1 - y * y),), impl=np.tanh)
-sigmoid = Primitive(
-    "sigmoid", lambda x: ((y := sigmoid(x)), y), lambda g, y, needs: (g * y * (1 - y),), impl=_stable_sigmoid
-)
+def _keep_output(y, x):
+    return y
+
+
+def _keep_input(y, x):
+    return x
+
+
+# VJP derived in docs/book/02-primitives.md#vjp-negative
+negative = Primitive("negative", vjp=lambda g, _, needs: (-g,), impl=np.negative, keep=lambda y, x: None)
+# VJP derived in docs/book/02-primitives.md#vjp-exp
+exp = Primitive("exp", vjp=lambda g, y, needs: (g * y,), impl=np.exp, keep=_keep_output)
+# VJP derived in docs/book/02-primitives.md#vjp-log
+log = Primitive("log", vjp=lambda g, x, needs: (g / x,), impl=np.log, keep=_keep_input)
+# VJP derived in docs/book/02-primitives.md#vjp-sqrt
+sqrt = Primitive("sqrt", vjp=lambda g, y, needs: (g / (2 * y),), impl=np.sqrt, keep=_keep_output)
+# VJP derived in docs/book/02-primitives.md#vjp-abs
+abs = Primitive("abs", vjp=lambda g, x, needs: (g * np.sign(primal_value(x)),), impl=np.abs, keep=_keep_input)
+# VJP derived in docs/book/02-primitives.md#vjp-tanh
+tanh = Primitive("tanh", vjp=lambda g, y, needs: (g * (1 - y * y),), impl=np.tanh, keep=_keep_output)
+# VJP derived in docs/book/02-primitives.md#vjp-sigmoid
+sigmoid = Primitive("sigmoid", vjp=lambda g, y, needs: (g * y * (1 - y),), impl=_stable_sigmoid, keep=_keep_output)
+# VJP derived in docs/book/02-primitives.md#vjp-relu
 relu = Primitive(
-    "relu",
-    lambda x: ((y := relu(x)), y),
-    lambda g, y, needs: (relu_backward(g, y),),
-    impl=lambda x: np.maximum(x, 0),
+    "relu", vjp=lambda g, y, needs: (relu_backward(g, y),), impl=lambda x: np.maximum(x, 0), keep=_keep_output
 )
+# VJP derived in docs/book/02-primitives.md#vjp-softplus
 softplus = Primitive(
     "softplus",
-    lambda x: (softplus(x), x),
-    lambda g, x, needs: (g * sigmoid(x),),
+    vjp=lambda g, x, needs: (g * sigmoid(x),),
     impl=lambda x: np.logaddexp(0, x),  # log(1 + e^x), stable for large |x|
+    keep=_keep_input,
 )
 
 
+# VJP derived in docs/book/07-sequences.md#vjp-erf
 erf = Primitive(
     "erf",
-    lambda x: (erf(x), x),
-    lambda g, x, needs: (g * (2 / math.sqrt(math.pi)) * exp(-x * x),),  # d/dx erf(x) = 2/sqrt(pi) e^(-x^2)
+    vjp=lambda g, x, needs: (g * (2 / math.sqrt(math.pi)) * exp(-x * x),),  # d/dx erf(x) = 2/sqrt(pi) e^(-x^2)
     impl=_erf_kernel,
+    keep=_keep_input,
 )
 """The error function, elementwise (a Numba kernel; exact GELU is ``x * (1 + erf(x / sqrt 2)) / 2``)."""
 
@@ -207,6 +239,7 @@ def gelu(x, approximate: bool = False):
     return 0.5 * x * (1 + erf(x * (1 / math.sqrt(2))))
 
 
+# VJP derived in docs/book/02-primitives.md#vjp-leaky_relu
 def _leaky_relu_vjp(g, res, needs):
     x, slope = res
     return (g * np.where(primal_value(x) > 0, 1, slope).astype(np.result_type(primal_value(g)), copy=False),)
@@ -214,9 +247,9 @@ def _leaky_relu_vjp(g, res, needs):
 
 _leaky_relu = Primitive(
     "leaky_relu",
-    lambda x, *, slope: (_leaky_relu(x, slope=slope), (x, slope)),
-    _leaky_relu_vjp,
+    vjp=_leaky_relu_vjp,
     impl=lambda x, *, slope: np.where(np.asarray(x) > 0, x, slope * x),
+    keep=lambda out, x, *, slope: (x, slope),
 )
 
 
@@ -225,10 +258,11 @@ def leaky_relu(x, slope=0.01):
     return _leaky_relu(x, slope=slope)
 
 
+# VJP derived in docs/book/02-primitives.md#vjp-clip
 def _clip_vjp(g, res, needs):
     x, lo, hi = res
     x = primal_value(x)
-    inside = np.ones(np.shape(x), dtype=bool)
+    inside = np.ones(_shape_of(x), dtype=bool)
     if lo is not None:
         inside &= x >= lo
     if hi is not None:
@@ -237,10 +271,7 @@ def _clip_vjp(g, res, needs):
 
 
 _clip = Primitive(
-    "clip",
-    lambda x, *, lo, hi: (_clip(x, lo=lo, hi=hi), (x, lo, hi)),
-    _clip_vjp,
-    impl=lambda x, *, lo, hi: np.clip(x, lo, hi),
+    "clip", vjp=_clip_vjp, impl=lambda x, *, lo, hi: np.clip(x, lo, hi), keep=lambda out, x, *, lo, hi: (x, lo, hi)
 )
 
 
@@ -252,25 +283,27 @@ def clip(x, lo=None, hi=None):
 # ----------------------------------------------------------------------------- reductions
 
 
+# VJP derived in docs/book/02-primitives.md#vjp-sum
 def _sum_vjp(g, res, needs):
     shape, axis, keepdims = res
     return (broadcast_to(reshape(g, _kept_shape(shape, axis)), shape),)
 
 
+# VJP derived in docs/book/02-primitives.md#vjp-mean
 def _mean_vjp(g, res, needs):
     shape, axis, keepdims, count = res
     return (broadcast_to(reshape(g / count, _kept_shape(shape, axis)), shape),)
 
 
-def _mean_forward(x, *, axis, keepdims):
-    shape = np.shape(x)
-    count = int(np.prod([shape[a] for a in _reduced_axes(len(shape), axis)]))
-    return _mean(x, axis=axis, keepdims=keepdims), (shape, axis, keepdims, count)
+def _mean_keep(out, x, *, axis, keepdims):
+    shape = _shape_of(x)
+    return shape, axis, keepdims, int(np.prod([shape[a] for a in _reduced_axes(len(shape), axis)]))
 
 
+# VJP derived in docs/book/02-primitives.md#vjp-max
 def _max_vjp(g, res, needs):
     x, axis, keepdims, out = res
-    shape = np.shape(x)
+    shape = _shape_of(x)
     winners = primal_value(x) == np.reshape(primal_value(out), _kept_shape(shape, axis))
     weights = winners / np.sum(winners, axis=axis, keepdims=True)  # ties share the cotangent
     return (reshape(g, _kept_shape(shape, axis)) * weights.astype(np.result_type(primal_value(g)), copy=False),)
@@ -278,18 +311,18 @@ def _max_vjp(g, res, needs):
 
 _sum = Primitive(
     "sum",
-    lambda x, *, axis, keepdims: (_sum(x, axis=axis, keepdims=keepdims), (np.shape(x), axis, keepdims)),
-    _sum_vjp,
+    vjp=_sum_vjp,
     impl=lambda x, *, axis, keepdims: np.add.reduce(x, axis=axis, keepdims=keepdims),
+    keep=lambda out, x, *, axis, keepdims: (_shape_of(x), axis, keepdims),
 )
 _mean = Primitive(
-    "mean", _mean_forward, _mean_vjp, impl=lambda x, *, axis, keepdims: np.mean(x, axis=axis, keepdims=keepdims)
+    "mean", vjp=_mean_vjp, impl=lambda x, *, axis, keepdims: np.mean(x, axis=axis, keepdims=keepdims), keep=_mean_keep
 )
 _max = Primitive(
     "max",
-    lambda x, *, axis, keepdims: ((out := _max(x, axis=axis, keepdims=keepdims)), (x, axis, keepdims, out)),
-    _max_vjp,
+    vjp=_max_vjp,
     impl=lambda x, *, axis, keepdims: np.max(x, axis=axis, keepdims=keepdims),
+    keep=lambda out, x, *, axis, keepdims: (x, axis, keepdims, out),
 )
 
 
@@ -318,13 +351,14 @@ def _swap_last(x):
     return transpose(x, tuple(axes))
 
 
+# VJP derived in docs/book/02-primitives.md#vjp-matmul
 def _matmul_vjp(g, ab, needs):
     a, b = ab
-    a_shape, b_shape = np.shape(a), np.shape(b)
+    a_shape, b_shape = _shape_of(a), _shape_of(b)
     # Treat vectors as (1, k) rows / (k, 1) columns so one rule covers every case.
     a2 = reshape(a, (1,) + a_shape) if len(a_shape) == 1 else a
     b2 = reshape(b, b_shape + (1,)) if len(b_shape) == 1 else b
-    g_shape = np.shape(g)
+    g_shape = _shape_of(g)
     if len(b_shape) == 1:
         g_shape = g_shape + (1,)
     if len(a_shape) == 1:
@@ -332,22 +366,23 @@ def _matmul_vjp(g, ab, needs):
     g2 = reshape(g, g_shape)
     ga = gb = None
     if needs[0]:
-        ga = reshape(unbroadcast(g2 @ _swap_last(b2), np.shape(a2)), a_shape)
+        ga = reshape(unbroadcast(g2 @ _swap_last(b2), _shape_of(a2)), a_shape)
     if needs[1]:
-        gb = reshape(unbroadcast(_swap_last(a2) @ g2, np.shape(b2)), b_shape)
+        gb = reshape(unbroadcast(_swap_last(a2) @ g2, _shape_of(b2)), b_shape)
     return ga, gb
 
 
-matmul = Primitive("matmul", lambda a, b: (matmul(a, b), (a, b)), _matmul_vjp, impl=np.matmul)
+matmul = Primitive("matmul", vjp=_matmul_vjp, impl=np.matmul, keep=_keep_inputs)
 
 # ----------------------------------------------------------------------------- shapes
 
 
+# VJP derived in docs/book/02-primitives.md#vjp-reshape
 _reshape = Primitive(
     "reshape",
-    lambda x, *, shape: (_reshape(x, shape=shape), np.shape(x)),
-    lambda g, x_shape, needs: (reshape(g, x_shape),),
+    vjp=lambda g, x_shape, needs: (reshape(g, x_shape),),
     impl=lambda x, *, shape: np.reshape(x, shape),
+    keep=lambda out, x, *, shape: _shape_of(x),
 )
 
 
@@ -356,6 +391,7 @@ def reshape(x, shape):
     return _reshape(x, shape=shape)
 
 
+# VJP derived in docs/book/02-primitives.md#vjp-transpose
 def _transpose_vjp(g, res, needs):
     ndim, axes = res
     return (transpose(g, None if axes is None else tuple(np.argsort(normalize_axis_tuple(axes, ndim)).tolist())),)
@@ -363,9 +399,9 @@ def _transpose_vjp(g, res, needs):
 
 _transpose = Primitive(
     "transpose",
-    lambda x, *, axes: (_transpose(x, axes=axes), (np.ndim(x), axes)),
-    _transpose_vjp,
+    vjp=_transpose_vjp,
     impl=lambda x, *, axes: np.asarray(x).transpose(axes),
+    keep=lambda out, x, *, axes: (np.ndim(x), axes),
 )
 
 
@@ -374,11 +410,12 @@ def transpose(x, axes=None):
     return _transpose(x, axes=axes)
 
 
+# VJP derived in docs/book/02-primitives.md#vjp-broadcast_to
 _broadcast_to = Primitive(
     "broadcast_to",
-    lambda x, *, shape: (_broadcast_to(x, shape=shape), np.shape(x)),
-    lambda g, x_shape, needs: (unbroadcast(g, x_shape),),
+    vjp=lambda g, x_shape, needs: (unbroadcast(g, x_shape),),
     impl=lambda x, *, shape: np.broadcast_to(x, shape),
+    keep=lambda out, x, *, shape: _shape_of(x),
 )
 
 
@@ -402,20 +439,22 @@ def _scatter_add_impl(g, *, shape, index):
     return out
 
 
+# VJP derived in docs/book/02-primitives.md#vjp-scatter_add
 _scatter_add = Primitive(
     "scatter_add",
-    lambda g, *, shape, index: (_scatter_add(g, shape=shape, index=index), index),
-    lambda ct, index, needs: (getitem(ct, index),),  # scattering's transpose is gathering
+    vjp=lambda ct, index, needs: (getitem(ct, index),),  # scattering's transpose is gathering
     impl=_scatter_add_impl,
+    keep=lambda out, g, *, shape, index: index,
 )
 """``scatter_add(g, shape=, index=)``: zeros of ``shape`` with ``g`` added at ``[index]``
 (the VJP of ``getitem``)."""
 
+# VJP derived in docs/book/02-primitives.md#vjp-getitem
 _getitem = Primitive(
     "getitem",
-    lambda x, *, index: (_getitem(x, index=index), (np.shape(x), index)),
-    lambda g, res, needs: (_scatter_add(g, shape=res[0], index=res[1]),),
+    vjp=lambda g, res, needs: (_scatter_add(g, shape=res[0], index=res[1]),),
     impl=lambda x, *, index: x[index],
+    keep=lambda out, x, *, index: (_shape_of(x), index),
 )
 
 
@@ -431,6 +470,7 @@ def _along(axis: int, ndim: int, part) -> tuple:
     return (slice(None),) * (axis % ndim) + (part,)
 
 
+# VJP derived in docs/book/02-primitives.md#vjp-concatenate
 def _concatenate_vjp(g, res, needs):
     bounds, axis = res
     ndim = np.ndim(g)
@@ -442,9 +482,9 @@ def _concatenate_vjp(g, res, needs):
 
 _concatenate = Primitive(
     "concatenate",
-    lambda *xs, axis: (_concatenate(*xs, axis=axis), ([0, *np.cumsum([np.shape(x)[axis] for x in xs]).tolist()], axis)),
-    _concatenate_vjp,
+    vjp=_concatenate_vjp,
     impl=lambda *xs, axis: np.concatenate(xs, axis=axis),
+    keep=lambda out, *xs, axis: ([0, *np.cumsum([_shape_of(x)[axis] for x in xs]).tolist()], axis),
 )
 
 
@@ -453,6 +493,7 @@ def concatenate(xs, axis=0):
     return _concatenate(*xs, axis=axis)
 
 
+# VJP derived in docs/book/02-primitives.md#vjp-stack
 def _stack_vjp(g, res, needs):
     count, axis = res
     ndim = np.ndim(g)
@@ -460,10 +501,7 @@ def _stack_vjp(g, res, needs):
 
 
 _stack = Primitive(
-    "stack",
-    lambda *xs, axis: (_stack(*xs, axis=axis), (len(xs), axis)),
-    _stack_vjp,
-    impl=lambda *xs, axis: np.stack(xs, axis=axis),
+    "stack", vjp=_stack_vjp, impl=lambda *xs, axis: np.stack(xs, axis=axis), keep=lambda out, *xs, axis: (len(xs), axis)
 )
 
 
@@ -472,6 +510,7 @@ def stack(xs, axis=0):
     return _stack(*xs, axis=axis)
 
 
+# VJP derived in docs/book/02-primitives.md#vjp-where
 def _where_vjp(g, res, needs):
     condition, x_shape, y_shape = res
     return (
@@ -483,10 +522,10 @@ def _where_vjp(g, res, needs):
 
 _where = Primitive(
     "where",
-    lambda condition, x, y: (_where(condition, x, y), (primal_value(condition), _shape_of(x), _shape_of(y))),
-    _where_vjp,
+    vjp=_where_vjp,
     impl=np.where,
     nondiff=(0,),
+    keep=lambda out, condition, x, y: (primal_value(condition), _shape_of(x), _shape_of(y)),
 )
 
 
@@ -503,17 +542,23 @@ def _log_softmax_impl(x, *, axis):
     return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
 
 
+def _keep_output_and_axis(out, x, *, axis):
+    return out, axis
+
+
+# VJP derived in docs/book/02-primitives.md#vjp-log_softmax
 _log_softmax = Primitive(
     "log_softmax",
-    lambda x, *, axis: ((out := _log_softmax(x, axis=axis)), (out, axis)),
-    lambda g, res, needs: (g - exp(res[0]) * sum(g, axis=res[1], keepdims=True),),
+    vjp=lambda g, res, needs: (g - exp(res[0]) * sum(g, axis=res[1], keepdims=True),),
     impl=_log_softmax_impl,
+    keep=_keep_output_and_axis,
 )
+# VJP derived in docs/book/02-primitives.md#vjp-softmax
 _softmax = Primitive(
     "softmax",
-    lambda x, *, axis: ((out := _softmax(x, axis=axis)), (out, axis)),
-    lambda g, res, needs: (res[0] * (g - sum(g * res[0], axis=res[1], keepdims=True)),),
+    vjp=lambda g, res, needs: (res[0] * (g - sum(g * res[0], axis=res[1], keepdims=True)),),
     impl=lambda x, *, axis: np.exp(_log_softmax_impl(x, axis=axis)),
+    keep=_keep_output_and_axis,
 )
 
 

@@ -213,7 +213,7 @@ def _run_vjp(node: Node, g, needs: tuple, pending: dict) -> None:
     if not any(needs):
         return
     cotangents = node.primitive.vjp(g, node.residuals, needs)
-    node.primitive.check_cotangents(cotangents, [np.shape(a) for a in node.args], needs)
+    node.primitive.check_cotangents(cotangents, node.args, needs)
     for a, ct, need in zip(node.args, cotangents, needs):
         if need:
             _accumulate(pending, a, ct)

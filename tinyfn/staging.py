@@ -151,8 +151,8 @@ class Program:
                 continue
             cotangents[step.out] = None  # used up: free it, as the traced backward pass does
             step_cotangents = step.primitive.vjp(g, residuals[k], step.needs)
-            arg_shapes = [np.shape(values[a.index]) if type(a) is _Slot else np.shape(a) for a in step.args]
-            step.primitive.check_cotangents(step_cotangents, arg_shapes, step.needs)
+            args = [values[a.index] if type(a) is _Slot else a for a in step.args]
+            step.primitive.check_cotangents(step_cotangents, args, step.needs)
             for slot, ct in zip(step.grad_slots, step_cotangents):
                 if slot is not None:
                     earlier = cotangents[slot]

@@ -5,12 +5,19 @@
 * :mod:`~tinyfn.kernels.activation`: the fused bias + ReLU that ends a convolution, and its VJP;
 * :mod:`~tinyfn.kernels.elementwise`: the fused SGD update and ReLU VJP of the dense path;
 * :mod:`~tinyfn.kernels.special`: the error function ``erf`` (numpy has none);
+* :mod:`~tinyfn.kernels.transcendental`: ``exp``, ``tanh`` and the sigmoid written so that
+  LLVM vectorises them in float32 (``math``'s in float64), for the kernels below;
+* :mod:`~tinyfn.kernels.gelu`: the GELU and its derivative in one pass;
+* :mod:`~tinyfn.kernels.blas`: numpy's BLAS matrix product called from Numba code (the
+  recurrent layers' loops over time);
 * :mod:`~tinyfn.kernels.attention`: scaled dot-product attention and its VJP, per head on
   contiguous operands, with a fused softmax;
 * :mod:`~tinyfn.kernels.threads`: splits a batch over the cores, one slice per thread;
 * :mod:`~tinyfn.kernels.memory`: keeps freed memory for reuse (no page faults on the big
   temporaries of each step; see there, and set ``TINYFN_KEEP_FREED_MEMORY=0`` to opt out);
-* :mod:`~tinyfn.kernels.reference`: plain-numpy versions of all of the above, for the tests.
+* :mod:`~tinyfn.kernels.reference`: plain-numpy versions of the convolution, pooling,
+  activation and GELU kernels, for the tests (the attention's reference is written out in
+  its tests; the recurrent layers' kernels are tested against their steps in tinyfn operations).
 
 Kernels are compiled lazily (on first call, once per dtype; the max-pooling kernel also once
 per window and stride) and cached on disk next to the source (set ``NUMBA_CACHE_DIR`` to put
@@ -22,7 +29,7 @@ These functions take and return plain numpy arrays; the differentiable primitive
 them are in :mod:`tinyfn.conv`.
 """
 
-from . import activation, attention, conv, elementwise, memory, pool, reference, special, threads
+from . import activation, attention, blas, conv, elementwise, gelu, memory, pool, reference, special, threads, transcendental
 from .activation import bias_relu_, bias_relu_vjp
 from .conv import (
     col2im,
@@ -39,13 +46,16 @@ from .pool import avg_pool2d, avg_pool2d_vjp, max_pool2d, max_pool2d_vjp, pool_o
 __all__ = [
     "activation",
     "attention",
+    "blas",
     "conv",
     "elementwise",
+    "gelu",
     "memory",
     "pool",
     "reference",
     "special",
     "threads",
+    "transcendental",
     "im2col",
     "col2im",
     "output_size",

@@ -5,11 +5,15 @@ by the most direct route: loop over the kernel window positions (a handful), and
 handle the whole batch at each position. The tests check the kernels against these for
 float32 and float64 over many shapes, strides, paddings, dilations and groups.
 
+:func:`gelu` is the formula evaluated one element at a time with Python's ``math`` in float64.
+
 Conventions as in the kernels: NCHW arrays; ``stride``, ``padding``, ``dilation`` and
 ``window`` are ``(rows, cols)`` pairs of ints.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -25,6 +29,7 @@ __all__ = [
     "avg_pool2d_vjp",
     "bias_relu",
     "bias_relu_vjp",
+    "gelu",
 ]
 
 
@@ -166,3 +171,21 @@ def bias_relu_vjp(g, y):
     """``(dx, db)``: ``g`` where the output ``y`` is positive (0 elsewhere), and its sum per channel."""
     dx = np.where(y > 0, g, 0).astype(g.dtype)
     return dx, dx.sum(axis=tuple(a for a in range(y.ndim) if a != 1))
+
+
+def gelu(x, approximate=False):
+    """``(gelu(x), gelu'(x))`` in float64, one element at a time with ``math``: ``x Phi(x)``
+    with ``Phi(x) = erfc(-x / sqrt 2) / 2`` (or ``sigmoid(2z)``, ``z = sqrt(2/pi) (x + 0.044715
+    x^3)``, for the tanh form) and the derivative ``Phi(x) + x Phi'(x)``."""
+    def one(v):
+        if approximate:
+            c = math.sqrt(2 / math.pi)
+            z = c * (v + 0.044715 * v**3)
+            s = 1 / (1 + math.exp(-2 * z)) if z >= 0 else math.exp(2 * z) / (1 + math.exp(2 * z))
+            return v * s, s + v * s * (1 - s) * 2 * c * (1 + 3 * 0.044715 * v * v)
+        cdf = 0.5 * math.erfc(-v / math.sqrt(2))
+        return v * cdf, cdf + v * math.exp(-v * v / 2) / math.sqrt(2 * math.pi)
+
+    values = [one(v) for v in np.asarray(x, np.float64).reshape(-1).tolist()]
+    shape = np.shape(x)
+    return tuple(np.array([pair[i] for pair in values], np.float64).reshape(shape) for i in range(2))

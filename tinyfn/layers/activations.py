@@ -1,4 +1,4 @@
-"""Parameter-free layers: activations, reshaping, dropout."""
+"""Parameter-free layers: activations, reshaping, dropout; the GELU as one fused primitive."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import numbers
 import numpy as np
 
 from .. import ops, random
+from ..autodiff import Primitive
+from ..kernels import gelu as gelu_kernels
 from ..random import _check_real
 from .base import Layer, _shape_str, checked_axis, checked_input, checked_no_params, checked_shape
 
-__all__ = ["Relu", "LeakyRelu", "Sigmoid", "Tanh", "Softplus", "GELU", "Softmax", "LogSoftmax", "Identity", "Flatten", "Dropout"]
+__all__ = ["gelu", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Softplus", "GELU", "Softmax", "LogSoftmax", "Identity", "Flatten", "Dropout"]
 
 
 def _elementwise(name: str, fn, axis: int | None = None) -> Layer:
@@ -69,10 +71,58 @@ def LogSoftmax(axis: int = -1) -> Layer:
     return _elementwise("log_softmax", lambda x: ops.log_softmax(x, axis), axis)
 
 
+# ----------------------------------------------------------------------------- the GELU primitive
+# ``gelu(x) = x Phi(x)`` as one primitive whose forward also returns the derivative
+# ``gelu'(x)``, so that its VJP is one multiplication, ``g * gelu'(x)``. On plain float32 and
+# float64 arrays one kernel pass computes both (:mod:`tinyfn.kernels.gelu`); on traced values
+# of an outer differentiation (and other dtypes) the same formulas run in tinyfn operations,
+# which the outer level records, so the derivative is differentiable again, to any order.
+
+
+def _gelu_in_ops(x, approximate: bool) -> tuple:
+    """``(gelu(x), gelu'(x))`` in tinyfn operations (Python-float constants keep float32)."""
+    if approximate:
+        c = math.sqrt(2 / math.pi)
+        th = ops.tanh(c * (x + 0.044715 * x * x * x))
+        cdf = 0.5 * (1 + th)  # the tanh form's Phi
+        return x * cdf, cdf + 0.5 * x * (1 - th * th) * (c * (1 + 3 * 0.044715 * x * x))
+    cdf = 0.5 * (1 + ops.erf(x * (1 / math.sqrt(2))))
+    return x * cdf, cdf + x * ops.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
+
+
+def _on_kernels(x) -> bool:
+    return type(x) is np.ndarray and x.dtype in (np.float32, np.float64)
+
+
+def _gelu_forward(x, *, approximate):  # the output, and the derivative as the residual
+    return gelu_kernels.gelu(x, approximate) if _on_kernels(x) else _gelu_in_ops(x, approximate)
+
+
+def _gelu_impl(x, *, approximate):
+    return gelu_kernels.gelu(x, approximate)[0] if _on_kernels(x) else _gelu_in_ops(x, approximate)[0]
+
+
+# VJP derived in docs/book/07-sequences.md#vjp-gelu
+_gelu = Primitive("gelu", _gelu_forward, lambda g, derivative, needs: (g * derivative,), impl=_gelu_impl)
+
+
+def gelu(x, approximate: bool = False):
+    """The Gaussian error linear unit ``x * Phi(x)``, elementwise: an array shaped like ``x``.
+
+    Exact (``Phi`` the standard normal CDF, ``(1 + erf(x / sqrt 2)) / 2``) or, with
+    ``approximate=True``, the tanh form ``(1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2``
+    (PyTorch's ``approximate="tanh"``). The same function as :func:`tinyfn.ops.gelu`, as one
+    primitive: a kernel computes the output and the derivative in one pass (float32 to within
+    a few units in the last place of the formula, float64 with ``math.erf``), and the VJP
+    multiplies by the saved derivative. Differentiable to any order.
+    """
+    return _gelu(x, approximate=bool(approximate))
+
+
 def GELU(approximate: bool = False) -> Layer:
     """The Gaussian error linear unit ``x * Phi(x)`` (exact with erf, or the tanh form with
-    ``approximate=True``; see :func:`tinyfn.ops.gelu`)."""
-    return _elementwise("gelu", lambda x: ops.gelu(x, approximate))
+    ``approximate=True``; see :func:`gelu`)."""
+    return _elementwise("gelu", lambda x: gelu(x, approximate))
 
 
 def Identity() -> Layer:

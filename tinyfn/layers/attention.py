@@ -132,6 +132,7 @@ def _attention_forward(q, k, v, bias, *, causal):
     return out, (q, k, v, p, None if bias is None else np.shape(bias))
 
 
+# VJP derived in docs/book/07-sequences.md#vjp-attention
 def _attention_vjp(g, res, needs):
     q, k, v, p, bias_shape = res
     if _kernel_ready(g, q, k, v, p):

@@ -76,6 +76,7 @@ def _scatter_impl(g, ids, *, vocab):
     return out
 
 
+# VJP derived in docs/book/07-sequences.md#vjp-embedding_lookup
 _embedding_lookup = Primitive(
     "embedding_lookup",
     lambda w, ids: (_embedding_lookup(w, ids), (np.shape(w)[0], ids)),
@@ -83,6 +84,7 @@ _embedding_lookup = Primitive(
     impl=_lookup_impl,
     nondiff=(1,),
 )
+# VJP derived in docs/book/07-sequences.md#vjp-embedding_scatter
 _embedding_scatter = Primitive(
     "embedding_scatter",
     lambda g, ids, *, vocab: (_embedding_scatter(g, ids, vocab=vocab), ids),

@@ -20,11 +20,11 @@ def _dense_impl(x, w, b, *, relu=False):
     return y
 
 
-def _dense_forward(x, w, b, *, relu=False):
-    y = dense(x, w, b, relu=relu)
-    return y, (x, w, y if relu else None)
+def _dense_keep(y, x, w, b, *, relu=False):
+    return x, w, y if relu else None
 
 
+# VJP derived in docs/book/03-layers-and-losses.md#vjp-dense
 def _dense_vjp(g, res, needs):
     # y = x @ w + b, so dx = g @ w.T, dw = x.T @ g and db = g summed over the batch. Written
     # with operators and methods, which are numpy's on plain arrays and tinyfn's on traced ones.
@@ -41,7 +41,7 @@ def _dense_vjp(g, res, needs):
     )
 
 
-dense = Primitive("dense", _dense_forward, _dense_vjp, impl=_dense_impl)
+dense = Primitive("dense", vjp=_dense_vjp, impl=_dense_impl, keep=_dense_keep)
 """``dense(x, w, b) = x @ w + b``, or ``relu(x @ w + b)`` with ``relu=True``: x (..., in),
 w (in, out), b (out,) -> (..., out); one fused VJP, written in primitives (so differentiable
 again). The output dtype is numpy's promotion of the inputs' dtypes."""

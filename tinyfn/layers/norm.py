@@ -11,11 +11,11 @@ so the two share their code: a ``centered`` flag says whether the mean is subtra
 
 Each primitive computes its output and its VJP in one of two ways. On plain arrays of one
 dtype, float32 or float64 (inference, every first-order gradient, a static graph), Numba
-kernels walk each row once per statistic. When an argument is a traced value of an outer
-differentiation (``grad(grad(f))``), the same formulas written with :mod:`tinyfn.ops` run
-instead, so the outer level records them: the saved ``x_hat`` and ``inv_std`` and the VJP
-itself are then differentiable again, to any order. (Other dtypes, or a mix that numpy
-promotes, take the formulas too.)
+kernels walk each row once per statistic, the rows split over the cores when there are
+many. When an argument is a traced value of an outer differentiation (``grad(grad(f))``),
+the same formulas written with :mod:`tinyfn.ops` run instead, so the outer level records
+them: the saved ``x_hat`` and ``inv_std`` and the VJP itself are then differentiable again,
+to any order. (Other dtypes, or a mix that numpy promotes, take the formulas too.)
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from numba import njit
 
 from .. import ops, tree
 from ..autodiff import Primitive
+from ..kernels.threads import over_batch
 from ..random import _check_real
 from .base import Layer, _shape_str, checked_axis, checked_input, checked_params, checked_shape
 
@@ -59,7 +60,9 @@ def _normalize_rows(x, gamma, beta, eps, centered, y, x_hat, inv_std):
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
-def _normalize_rows_vjp(g, x_hat, inv_std, gamma, centered, dx, dgamma, dbeta):
+def _normalize_rows_vjp(g, x_hat, inv_std, gamma, centered, dx, dgamma, dbeta, block):
+    """``dx`` for every row; ``dgamma[k]`` and ``dbeta[k]`` the sums over the ``k``-th block
+    of ``block`` rows (the caller adds the blocks up)."""
     rows, d = g.shape
     scale = g.dtype.type(1) / g.dtype.type(d)
     for r in range(rows):
@@ -72,10 +75,29 @@ def _normalize_rows_vjp(g, x_hat, inv_std, gamma, centered, dx, dgamma, dbeta):
         mean_u = mean_u * scale if centered else g.dtype.type(0)
         mean_u_x_hat *= scale
         inv = inv_std[r]
+        dg, db = dgamma[r // block], dbeta[r // block]
         for i in range(d):
             dx[r, i] = inv * (g[r, i] * gamma[i] - mean_u - x_hat[r, i] * mean_u_x_hat)
-            dgamma[i] += g[r, i] * x_hat[r, i]
-            dbeta[i] += g[r, i]
+            dg[i] += g[r, i] * x_hat[r, i]
+            db[i] += g[r, i]
+
+
+# The kernels split the rows over the cores (:func:`~tinyfn.kernels.threads.over_batch`) when
+# there are at least this many entries; below, handing a slice to a helper costs more than it
+# saves. The sums over rows for dgamma and dbeta are taken per block of _BLOCK rows, whichever
+# thread runs the block, and the blocks added in order: the same bits for any number of threads.
+_SPLIT_FROM = 1 << 15
+_BLOCK = 64
+
+
+def _over_rows(rows: int, d: int, work) -> None:
+    """``work(start, stop)`` over ``rows`` rows of ``d`` entries: slices of whole blocks, one
+    per thread when the array is large, else one call."""
+    blocks = -(-rows // _BLOCK)
+    if rows * d < _SPLIT_FROM or blocks < 2:
+        work(0, rows)
+    else:
+        over_batch(blocks, lambda lo, hi: work(lo * _BLOCK, min(hi * _BLOCK, rows)))
 
 
 def _kernel_ready(*arrays) -> bool:
@@ -103,7 +125,12 @@ def _normalize(x, gamma, beta, eps: float, centered: bool) -> tuple:
         shift = np.zeros(d, x.dtype) if beta is None else beta
         y, x_hat = np.empty(x.shape, x.dtype), np.empty(x.shape, x.dtype)
         inv_std = np.empty(x.shape[:-1] + (1,), x.dtype)
-        _normalize_rows(_rows(x, d), gamma, shift, x.dtype.type(eps), centered, y.reshape(-1, d), x_hat.reshape(-1, d), inv_std.reshape(-1))
+        rows, y_rows, x_hat_rows, inv_rows, eps = _rows(x, d), y.reshape(-1, d), x_hat.reshape(-1, d), inv_std.reshape(-1), x.dtype.type(eps)
+
+        def work(lo, hi):
+            _normalize_rows(rows[lo:hi], gamma, shift, eps, centered, y_rows[lo:hi], x_hat_rows[lo:hi], inv_rows[lo:hi])
+
+        _over_rows(len(rows), d, work)
         return y, x_hat, inv_std
     if centered:
         x = x - ops.mean(x, axis=-1, keepdims=True)
@@ -129,10 +156,18 @@ def _normalize_vjp(g, x_hat, inv_std, gamma, centered: bool) -> tuple:
     """
     if _kernel_ready(g, x_hat, inv_std, gamma):
         d = g.shape[-1]
+        g_rows, x_hat_rows, inv_rows = _rows(g, d), _rows(x_hat, d), inv_std.reshape(-1)
         dx = np.empty(g.shape, g.dtype)
-        dgamma, dbeta = np.zeros(d, g.dtype), np.zeros(d, g.dtype)
-        _normalize_rows_vjp(_rows(g, d), _rows(x_hat, d), inv_std.reshape(-1), gamma, centered, dx.reshape(-1, d), dgamma, dbeta)
-        return dx, dgamma, dbeta
+        dx_rows = dx.reshape(-1, d)
+        blocks = -(-len(g_rows) // _BLOCK)
+        dgamma, dbeta = np.zeros((blocks, d), g.dtype), np.zeros((blocks, d), g.dtype)
+
+        def work(lo, hi):
+            first = lo // _BLOCK
+            _normalize_rows_vjp(g_rows[lo:hi], x_hat_rows[lo:hi], inv_rows[lo:hi], gamma, centered, dx_rows[lo:hi], dgamma[first:], dbeta[first:], _BLOCK)
+
+        _over_rows(len(g_rows), d, work)
+        return dx, dgamma.sum(axis=0), dbeta.sum(axis=0)
     u = g * gamma
     projected = u - x_hat * ops.mean(u * x_hat, axis=-1, keepdims=True)
     if centered:
@@ -146,6 +181,7 @@ def _layer_norm_forward(x, gamma, beta, *, eps):
     return y, (x_hat, inv_std, gamma)
 
 
+# VJP derived in docs/book/07-sequences.md#vjp-layer_norm
 def _layer_norm_vjp(g, res, needs):
     dx, dgamma, dbeta = _normalize_vjp(g, *res, centered=True)
     return dx if needs[0] else None, dgamma if needs[1] else None, dbeta if needs[2] else None
@@ -156,6 +192,7 @@ def _rms_norm_forward(x, gamma, *, eps):
     return y, (x_hat, inv_std, gamma)
 
 
+# VJP derived in docs/book/07-sequences.md#vjp-rms_norm
 def _rms_norm_vjp(g, res, needs):
     dx, dgamma, _ = _normalize_vjp(g, *res, centered=False)
     return dx if needs[0] else None, dgamma if needs[1] else None

@@ -50,11 +50,14 @@ product ``d_hw @ weight_hh``, and computes the gradient of ``weight_hh`` for all
 one product at the end (each step's ``d_hw`` against the ``h`` that step started from).
 
 On plain float32 or float64 arrays (inference, and every first-order gradient) the steps run
-on buffers made once per sequence: BLAS for the products, numpy's tanh, Numba kernels for the
-rest of the gates. The rows of a batch never meet, so they are split over the cores
-(:mod:`tinyfn.kernels.threads`), each thread running every step for its rows, with BLAS held
-to one thread for the small products (:data:`STEP_BLAS_THREADS`). On the traced values of an
-outer differentiation the same steps are written with :mod:`tinyfn.ops`, which record there:
+on buffers made once per sequence: BLAS for the products, Numba kernels for the gates. The
+rows of a batch never meet, so they are split over the cores (:mod:`tinyfn.kernels.threads`),
+each thread running every step for its rows, with BLAS held to one thread for the small
+products (:data:`STEP_BLAS_THREADS`). For the LSTM and the GRU, each thread's whole loop over
+time is one Numba kernel that calls numpy's BLAS itself (:mod:`tinyfn.kernels.blas`,
+:data:`USE_NUMBA_LOOPS`): no Python between the steps, and the threads never wait for
+Python's lock. (The RNN's step, a sum and a tanh, runs in tinyfn operations.) On the traced
+values of an outer differentiation the same steps are written with :mod:`tinyfn.ops`, which record there:
 differentiable to any order. Those are also what the kernels are tested against.
 
 **A fold over time for any cell.** :func:`scan` folds a cell written in tinyfn operations over
@@ -73,7 +76,10 @@ from numba import njit
 
 from .. import initializers, ops, random, tree
 from ..autodiff import Node, Primitive, is_traced, primal_value, vjp
+from ..kernels import blas
+from ..kernels.blas import matmul_into
 from ..kernels.threads import over_batch
+from ..kernels.transcendental import sigmoid, tanh
 from ..random import _check_int
 from .base import Layer, _fits, _shape_str, checked_input, checked_params, checked_shape
 from .linear import dense
@@ -166,6 +172,7 @@ def _scan_forward(xs, *leaves, cell, packing):
     return packing.pack(outputs), (fold_vjp, packing)
 
 
+# VJP derived in docs/book/07-sequences.md#vjp-scan
 def _scan_vjp(g, res, needs):
     fold_vjp, packing = res
     d_params, d_carry, *d_steps = fold_vjp(packing.unpack(g))
@@ -314,34 +321,36 @@ def _rnn_relu_vjp(d_new, saved, h, new_h, weight_hh):
 # The same steps on plain float32 or float64 arrays, into buffers made once per sequence:
 # ``states`` (batch, T+1, width), the state before each step and after the last, and
 # ``saved`` (batch, T, S), each step's saved blocks side by side. Numba kernels do the
-# arithmetic that numpy would spread over a dozen passes; numpy does the tanh (its SIMD tanh
-# is ~30x faster than a scalar one in a loop) and BLAS the products. Each kernel slices its
+# arithmetic that numpy would spread over a dozen passes, BLAS the products. The kernels take
+# their sigmoids and tanh from :mod:`tinyfn.kernels.transcendental` (vectorised in float32;
+# ``math.tanh`` in a loop is ~30x slower than numpy's SIMD tanh), so a step is one product
+# and one kernel call, and the loop over the steps can itself be a kernel. Each kernel slices its
 # rows into blocks and indexes them with the loop variable alone: with offsets such as
 # ``hidden + j`` in the index, LLVM left the loops scalar, 4x slower.
 
 
-@njit(cache=True, nogil=True)
-def _lstm_pre_kernel(xw, hw, bias, k, t):
-    """``hw <- k * (xw[:, t] + hw + bias)``, ready for one tanh over the four blocks."""
-    for n in range(hw.shape[0]):
-        x, h = xw[n, t], hw[n]
-        for j in range(h.shape[0]):
-            h[j] = k[j] * (x[j] + h[j] + bias[j])
-
-
-@njit(cache=True, nogil=True)
-def _lstm_cell_kernel(tanh_pre, k, offset, states, saved, t):
-    """``saved[:, t, :4H] <- i, f, g, o = offset + k * tanh_pre``; ``c' = f * c + i * g``
-    into ``states[:, t+1, H:]``."""
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def _lstm_step_kernel(xw, hw, bias, states, saved, t):
+    """Step t of the LSTM, every row of the batch, from ``hw = h @ weight_hh.T``: the gates
+    ``saved[:, t, :4H] <- i, f, g, o``, ``c' = f * c + i * g`` into ``states[:, t+1, H:]``,
+    ``tanh(c')`` into ``saved[:, t, 4H:]`` and ``h' = o * tanh(c')`` into ``states[:, t+1, :H]``."""
     hidden = states.shape[2] // 2
-    for n in range(tanh_pre.shape[0]):
-        a, p = saved[n, t, : 4 * hidden], tanh_pre[n]
-        for j in range(a.shape[0]):
-            a[j] = offset[j] + k[j] * p[j]
-        i, f, g = a[:hidden], a[hidden : 2 * hidden], a[2 * hidden : 3 * hidden]
-        c, c_new = states[n, t, hidden:], states[n, t + 1, hidden:]
+    for n in range(hw.shape[0]):
+        s, x, h = saved[n, t], xw[n, t], hw[n]
+        for lo, hi in ((0, 2 * hidden), (3 * hidden, 4 * hidden)):  # i and f, then o: sigmoids
+            gate, x_b, h_b, b_b = s[lo:hi], x[lo:hi], h[lo:hi], bias[lo:hi]
+            for j in range(hi - lo):
+                gate[j] = sigmoid(x_b[j] + h_b[j] + b_b[j])
+        g, x_g, h_g, b_g = s[2 * hidden : 3 * hidden], x[2 * hidden : 3 * hidden], h[2 * hidden : 3 * hidden], bias[2 * hidden : 3 * hidden]
         for j in range(hidden):
-            c_new[j] = f[j] * c[j] + i[j] * g[j]
+            g[j] = tanh(x_g[j] + h_g[j] + b_g[j])
+        i, f, o, tanh_c = s[:hidden], s[hidden : 2 * hidden], s[3 * hidden : 4 * hidden], s[4 * hidden :]
+        c, c_new, h_new = states[n, t, hidden:], states[n, t + 1, hidden:], states[n, t + 1, :hidden]
+        for j in range(hidden):
+            c_j = f[j] * c[j] + i[j] * g[j]
+            c_new[j] = c_j
+            tanh_c[j] = tanh(c_j)
+            h_new[j] = o[j] * tanh_c[j]
 
 
 @njit(cache=True, nogil=True)
@@ -370,15 +379,8 @@ def _lstm_cell_vjp_kernel(d_in, g, saved, states, d_pre, d_out, t):
 
 def _lstm_step(xw, hw, bias, states, saved, t):
     """Step t of the LSTM into ``states[:, t+1]`` and ``saved[:, t]`` (i, f, g, o, tanh c'),
-    from ``hw = h @ weight_hh.T``."""
-    hidden = states.shape[2] // 2
-    k, offset = _lstm_scales(hidden, hw.dtype)
-    _lstm_pre_kernel(xw, hw, bias, k, t)
-    np.tanh(hw, out=hw)
-    _lstm_cell_kernel(hw, k, offset, states, saved, t)
-    i, f, g, o, tanh_c = _blocks(saved[:, t], 5)
-    np.tanh(states[:, t + 1, hidden:], out=tanh_c)
-    np.multiply(o, tanh_c, out=states[:, t + 1, :hidden])
+    from ``hw = h @ weight_hh.T``: one kernel call."""
+    _lstm_step_kernel(xw, hw, bias, states, saved, t)
 
 
 def _lstm_step_vjp(d_in, g, saved, states, weight_hh, d_xw, d_hw, d_out, t):
@@ -389,46 +391,46 @@ def _lstm_step_vjp(d_in, g, saved, states, weight_hh, d_xw, d_hw, d_out, t):
 
 
 @njit(cache=True, nogil=True)
-def _gru_pre_kernel(xw, hw, bias, t):
-    """``hw[:, :2H] <- (xw[:, t] + hw + bias)[:, :2H] / 2`` (r and z, ready for the tanh form
-    of the sigmoid) and ``hw[:, 2H:] <- hw_n = hw[:, 2H:] + bias[2H:]``."""
-    half = hw.dtype.type(0.5)
-    hidden = hw.shape[1] // 3
-    for n in range(hw.shape[0]):
-        x, h = xw[n, t, : 2 * hidden], hw[n, : 2 * hidden]
-        b, h_n, b_n = bias[: 2 * hidden], hw[n, 2 * hidden :], bias[2 * hidden :]
-        for j in range(h.shape[0]):
-            h[j] = half * (x[j] + h[j] + b[j])
-        for j in range(h_n.shape[0]):
-            h_n[j] += b_n[j]
+def _lstm_loop(gemm, xw, w, bias, states, saved, hw):
+    """Every step of the LSTM, as :func:`_lstm_step` after ``hw = h @ w``, with the products
+    by the BLAS function at ``gemm`` (:mod:`tinyfn.kernels.blas`): no Python between steps."""
+    hidden, zero = w.shape[0], hw.dtype.type(0)
+    for t in range(xw.shape[1]):
+        matmul_into(gemm, states[:, t, :hidden], w, hw, zero)
+        _lstm_step_kernel(xw, hw, bias, states, saved, t)
 
 
 @njit(cache=True, nogil=True)
-def _gru_candidate_kernel(xw, tanh_rz, saved, t):
-    """``saved[:, t] <- r, z, xw_n + r * hw_n, hw_n`` from the tanh of r and z's halved
-    pre-activations and hw_n in ``tanh_rz`` (the candidate's tanh is taken next)."""
-    half = saved.dtype.type(0.5)
-    hidden = saved.shape[2] // 4
-    for n in range(saved.shape[0]):
-        s, p, x_n = saved[n, t], tanh_rz[n], xw[n, t, 2 * hidden :]
-        rz, p_rz = s[: 2 * hidden], p[: 2 * hidden]
-        for j in range(rz.shape[0]):
-            rz[j] = half + half * p_rz[j]
-        r, n_pre, hw_n, p_n = s[:hidden], s[2 * hidden : 3 * hidden], s[3 * hidden :], p[2 * hidden :]
-        for j in range(hidden):
-            hw_n[j] = p_n[j]
-            n_pre[j] = x_n[j] + r[j] * p_n[j]
+def _lstm_loop_vjp(gemm, d_in, d_out, g, saved, states, weight_hh, d_xw, d_hw):
+    """Every step backwards, as :func:`_lstm_step_vjp`, starting from ``d_in`` (``d_out`` a
+    buffer of its shape); returns the buffer holding the cotangent of the first state.
+    (``d_xw`` is ``d_hw``: the LSTM's two projections enter only as their sum.)"""
+    hidden, zero = weight_hh.shape[1], d_hw.dtype.type(0)
+    for t in range(saved.shape[1] - 1, -1, -1):
+        _lstm_cell_vjp_kernel(d_in, g, saved, states, d_hw, d_out, t)
+        matmul_into(gemm, d_hw[:, t], weight_hh, d_out[:, :hidden], zero)
+        d_in, d_out = d_out, d_in
+    return d_in
 
 
-@njit(cache=True, nogil=True)
-def _gru_update_kernel(saved, states, t):
-    """``states[:, t+1] <- n + z * (h - n)``."""
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def _gru_step_kernel(xw, hw, bias, states, saved, t):
+    """Step t of the GRU, every row of the batch, from ``hw = h @ weight_hh.T``: ``saved[:, t]
+    <- r, z, n, hw_n`` (``hw_n`` with its bias, as the VJP needs it) and ``states[:, t+1] <-
+    n + z * (h - n)``."""
     hidden = states.shape[2]
-    for n in range(states.shape[0]):
-        s, h, h_new = saved[n, t], states[n, t], states[n, t + 1]
-        z, cand = s[hidden : 2 * hidden], s[2 * hidden : 3 * hidden]
+    for row in range(hw.shape[0]):
+        s, x, h = saved[row, t], xw[row, t], hw[row]
+        rz, x_rz, h_rz, b_rz = s[: 2 * hidden], x[: 2 * hidden], h[: 2 * hidden], bias[: 2 * hidden]
+        for j in range(2 * hidden):
+            rz[j] = sigmoid(x_rz[j] + h_rz[j] + b_rz[j])
+        r, z, n, hw_n = s[:hidden], s[hidden : 2 * hidden], s[2 * hidden : 3 * hidden], s[3 * hidden :]
+        x_n, h_n, b_n = x[2 * hidden :], h[2 * hidden :], bias[2 * hidden :]
+        h_old, h_new = states[row, t], states[row, t + 1]
         for j in range(hidden):
-            h_new[j] = cand[j] + z[j] * (h[j] - cand[j])
+            hw_n[j] = h_n[j] + b_n[j]
+            n[j] = tanh(x_n[j] + r[j] * hw_n[j])
+            h_new[j] = n[j] + z[j] * (h_old[j] - n[j])
 
 
 @njit(cache=True, nogil=True)
@@ -456,14 +458,8 @@ def _gru_cell_vjp_kernel(d_in, g, saved, states, d_xw, d_hw, d_out, t):
 
 def _gru_step(xw, hw, bias, states, saved, t):
     """Step t of the GRU into ``states[:, t+1]`` and ``saved[:, t]`` (r, z, n, hw_n), from
-    ``hw = h @ weight_hh.T``."""
-    hidden = states.shape[2]
-    _gru_pre_kernel(xw, hw, bias, t)
-    np.tanh(hw[:, : 2 * hidden], out=hw[:, : 2 * hidden])
-    _gru_candidate_kernel(xw, hw, saved, t)
-    candidate = saved[:, t, 2 * hidden : 3 * hidden]
-    np.tanh(candidate, out=candidate)
-    _gru_update_kernel(saved, states, t)
+    ``hw = h @ weight_hh.T``: one kernel call."""
+    _gru_step_kernel(xw, hw, bias, states, saved, t)
 
 
 def _gru_step_vjp(d_in, g, saved, states, weight_hh, d_xw, d_hw, d_out, t):
@@ -471,6 +467,26 @@ def _gru_step_vjp(d_in, g, saved, states, weight_hh, d_xw, d_hw, d_out, t):
     ``d_xw[:, t]``, ``d_hw[:, t]`` and ``d_out``, the cotangent of state t."""
     _gru_cell_vjp_kernel(d_in, g, saved, states, d_xw, d_hw, d_out, t)
     d_out += d_hw[:, t] @ weight_hh
+
+
+@njit(cache=True, nogil=True)
+def _gru_loop(gemm, xw, w, bias, states, saved, hw):
+    """Every step of the GRU in Numba (as :func:`_lstm_loop`)."""
+    zero = hw.dtype.type(0)
+    for t in range(xw.shape[1]):
+        matmul_into(gemm, states[:, t], w, hw, zero)
+        _gru_step_kernel(xw, hw, bias, states, saved, t)
+
+
+@njit(cache=True, nogil=True)
+def _gru_loop_vjp(gemm, d_in, d_out, g, saved, states, weight_hh, d_xw, d_hw):
+    """Every step of the GRU backwards in Numba (as :func:`_lstm_loop_vjp`)."""
+    one = d_hw.dtype.type(1)
+    for t in range(saved.shape[1] - 1, -1, -1):
+        _gru_cell_vjp_kernel(d_in, g, saved, states, d_xw, d_hw, d_out, t)
+        matmul_into(gemm, d_hw[:, t], weight_hh, d_out, one)  # d_out += d_hw[:, t] @ weight_hh
+        d_in, d_out = d_out, d_in
+    return d_in
 
 
 class _Kind(NamedTuple):
@@ -485,6 +501,8 @@ class _Kind(NamedTuple):
     saved_width: int = 0
     step: Callable | None = None  # step(xw, hw, bias, states, saved, t)
     step_vjp: Callable | None = None  # step_vjp(d_in, g, saved, states, weight_hh, d_xw, d_hw, d_out, t)
+    loop: Callable | None = None  # every step in Numba: loop(gemm, xw, w, bias, states, saved, hw)
+    loop_vjp: Callable | None = None  # loop_vjp(gemm, d_in, d_out, g, saved, states, weight_hh, d_xw, d_hw) -> d_in
 
 
 # The RNN's step is a sum and a tanh (or relu), little for a kernel to fuse: it keeps the
@@ -492,8 +510,8 @@ class _Kind(NamedTuple):
 _KINDS = {
     "rnn_tanh": _Kind(1, 1, _rnn_forward(ops.tanh), _rnn_tanh_vjp, True),
     "rnn_relu": _Kind(1, 1, _rnn_forward(ops.relu), _rnn_relu_vjp, True),
-    "lstm": _Kind(4, 2, _lstm_forward, _lstm_vjp, True, 5, _lstm_step, _lstm_step_vjp),
-    "gru": _Kind(3, 1, _gru_forward, _gru_vjp, False, 4, _gru_step, _gru_step_vjp),
+    "lstm": _Kind(4, 2, _lstm_forward, _lstm_vjp, True, 5, _lstm_step, _lstm_step_vjp, _lstm_loop, _lstm_loop_vjp),
+    "gru": _Kind(3, 1, _gru_forward, _gru_vjp, False, 4, _gru_step, _gru_step_vjp, _gru_loop, _gru_loop_vjp),
 }
 
 # ----------------------------------------------------------------------------- the recurrence primitive
@@ -511,6 +529,13 @@ benchmark used 63 ms of CPU time with the loops held to one thread against 171 m
 thread. Applied with threadpoolctl when it is installed (``pip install threadpoolctl``);
 without it BLAS keeps its threads (``OPENBLAS_NUM_THREADS=1``, set before numpy is imported,
 holds it to one everywhere)."""
+
+
+USE_NUMBA_LOOPS = True
+"""Run the LSTM's and the GRU's loops over time inside one Numba kernel per thread, calling numpy's BLAS
+(:mod:`tinyfn.kernels.blas`) for each step's product, when that BLAS function is found;
+False runs every step from Python (the products by ``np.matmul``, the gates by one kernel
+call). The two routes compute the same numbers; the tests compare them."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -550,6 +575,12 @@ def _forward_ops(kind: _Kind, xw, state, weight_hh, bias_hh) -> tuple:
     return ops.stack(states, axis=1), saved
 
 
+def _gemm(kind: _Kind, dtype) -> int | None:
+    """The address of numpy's BLAS product for ``kind.loop`` (None: no loop in Numba for this
+    kind, or no BLAS function found; the steps then run from Python)."""
+    return blas.gemm_address(dtype) if kind.loop is not None and USE_NUMBA_LOOPS else None
+
+
 def _forward_kernels(kind: _Kind, xw, state, weight_hh, bias_hh) -> tuple:
     """``(states (batch, T+1, width), saved (batch, T, S))`` on arrays, by the kernels."""
     batch, steps, rows = xw.shape
@@ -559,9 +590,13 @@ def _forward_kernels(kind: _Kind, xw, state, weight_hh, bias_hh) -> tuple:
     states[:, 0] = state
     saved = np.empty((batch, steps, kind.saved_width * hidden), xw.dtype)
     hw = np.empty((batch, rows), xw.dtype)
+    gemm = _gemm(kind, xw.dtype)
 
     def rows_of_batch(lo: int, hi: int) -> None:  # every step, for rows lo:hi of the batch
         x, h, s, sv = xw[lo:hi], hw[lo:hi], states[lo:hi], saved[lo:hi]
+        if gemm is not None:
+            kind.loop(gemm, x, w, bias_hh, s, sv, h)
+            return
         for t in range(steps):
             np.matmul(s[:, t, :hidden], w, out=h)
             kind.step(x, h, bias_hh, s, sv, t)
@@ -594,9 +629,13 @@ def _backward_kernels(kind: _Kind, g, states, saved, weight_hh) -> tuple:
     d_hw = np.empty((batch, steps, weight_hh.shape[0]), g.dtype)
     d_xw = d_hw if kind.sum_first else np.empty_like(d_hw)
     d_state = np.zeros((batch, states.shape[2]), g.dtype)
+    gemm, weight_hh = _gemm(kind, g.dtype), np.ascontiguousarray(weight_hh)
 
     def rows_of_batch(lo: int, hi: int) -> None:  # every step backwards, for rows lo:hi of the batch
         d_in, d_out = d_state[lo:hi], np.empty_like(d_state[lo:hi])
+        if gemm is not None:
+            d_state[lo:hi] = kind.loop_vjp(gemm, d_in, d_out, g[lo:hi], saved[lo:hi], states[lo:hi], weight_hh, d_xw[lo:hi], d_hw[lo:hi])
+            return
         for t in range(steps - 1, -1, -1):
             kind.step_vjp(d_in, g[lo:hi], saved[lo:hi], states[lo:hi], weight_hh, d_xw[lo:hi], d_hw[lo:hi], d_out, t)
             d_in, d_out = d_out, d_in
@@ -616,6 +655,7 @@ def _recurrence_forward(xw, state, weight_hh, bias_hh, *, cell):
     return states[:, 1:], (kind, states, saved, weight_hh)
 
 
+# VJP derived in docs/book/07-sequences.md#vjp-recurrence
 def _recurrence_vjp(g, res, needs):
     kind, states, saved, weight_hh = res
     if type(saved) is np.ndarray and _kernel_ready(g, states, saved, weight_hh):
