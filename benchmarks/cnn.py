@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -171,19 +170,7 @@ def fresh_first_step(runs: int) -> dict:
             "print(json.dumps({'import_s': import_s, 'first_step_s': cnn.first_step_seconds()}))",
         ]
     )
-    cold, warm = [], []
-    previous = os.environ.get("NUMBA_CACHE_DIR")
-    try:
-        for _ in range(runs):
-            with tempfile.TemporaryDirectory() as cache:
-                os.environ["NUMBA_CACHE_DIR"] = cache
-                cold += common.run_fresh(code, 1)
-                warm += common.run_fresh(code, 1)
-    finally:
-        if previous is None:
-            os.environ.pop("NUMBA_CACHE_DIR", None)
-        else:
-            os.environ["NUMBA_CACHE_DIR"] = previous
+    cold, warm = common.run_cold_and_warm(code, runs)
     return {
         "cold_s": common.Stats.of(r["first_step_s"] for r in cold),
         "warm_s": common.Stats.of(r["first_step_s"] for r in warm),

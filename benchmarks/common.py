@@ -18,6 +18,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -305,6 +306,26 @@ def run_fresh(code: str, runs: int, *, timeout: float = 600) -> list[dict]:
             raise RuntimeError(f"fresh-interpreter run failed (exit {proc.returncode}):\n{proc.stderr.strip()}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return results
+
+
+def run_cold_and_warm(code: str, runs: int) -> tuple[list[dict], list[dict]]:
+    """Run ``code`` (as :func:`run_fresh` does) ``runs`` times in pairs of fresh interpreters:
+    the first with a new, empty ``NUMBA_CACHE_DIR`` (every kernel compiles), the second with
+    the cache the first filled. Returns the ``(cold, warm)`` lists of the printed objects."""
+    cold, warm = [], []
+    previous = os.environ.get("NUMBA_CACHE_DIR")
+    try:
+        for _ in range(runs):
+            with tempfile.TemporaryDirectory() as cache:
+                os.environ["NUMBA_CACHE_DIR"] = cache
+                cold += run_fresh(code, 1)
+                warm += run_fresh(code, 1)
+    finally:
+        if previous is None:
+            os.environ.pop("NUMBA_CACHE_DIR", None)
+        else:
+            os.environ["NUMBA_CACHE_DIR"] = previous
+    return cold, warm
 
 
 def _machine_busy_seconds() -> float | None:

@@ -19,12 +19,17 @@ def _rows(a):
     return a if a.ndim == 2 else a.reshape(-1, a.shape[-1])
 
 
+def _unrows(a, shape: tuple):
+    """The rows of :func:`_rows` back in ``shape``, reshaped only when it is not 2-D."""
+    return a if len(shape) == 2 else a.reshape(shape)
+
+
 def _dense_impl(x, w, b, *, relu=False):
     y = _rows(x) @ w
     y += b
     if relu:
         np.maximum(y, 0, out=y)  # y is a fresh array: the ReLU can overwrite it
-    return y if x.ndim == 2 else y.reshape(x.shape[:-1] + w.shape[1:])
+    return _unrows(y, x.shape[:-1] + w.shape[1:])
 
 
 def _dense_keep(y, x, w, b, *, relu=False):
@@ -41,7 +46,7 @@ def _dense_vjp(g, res, needs):
     # Inputs may have leading dimensions beyond the batch: fold them into one (see _rows).
     x2, g2 = _rows(x), _rows(g)
     return (
-        (g2 @ w.T).reshape(x.shape) if needs[0] else None,
+        _unrows(g2 @ w.T, x.shape) if needs[0] else None,
         x2.T @ g2 if needs[1] else None,
         g2.sum(axis=0) if needs[2] else None,
     )
